@@ -1,0 +1,1 @@
+"""The service layer between PBX adapters and the store."""

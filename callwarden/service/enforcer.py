@@ -1,0 +1,274 @@
+"""The one entry point the PBX adapters call: decide, record what happened, fail closed.
+
+Data flows one way: an adapter builds a plain ``CallAttempt`` (or event), the enforcer loads the
+facts, asks the pure decision core, and writes the outcome (CDR + audit entry) before it
+answers. Adapters never see SQL; the policy core never sees a PBX. Every method is synchronous
+and thread-safe (one session per call), so asyncio adapters run it in a thread pool and gevent
+adapters in gevent's native thread pool.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from callwarden.config import Settings
+from callwarden.log import get_logger
+from callwarden.numbers import Number, mask, mask_raw, try_normalize
+from callwarden.policy import CallAttempt, Decision, Rules, decide, denial
+from callwarden.policy.reasons import ordered
+from callwarden.recorder.naming import recording_relpath, spool_path
+from callwarden.store import audit
+from callwarden.store.db import StoreUnavailable, make_engine, make_sessionmaker, unit_of_work
+from callwarden.store.facts import GLOBAL, load_facts
+from callwarden.store.models import Call, Recording, Refusal, utcnow
+
+log = get_logger("callwarden.decision")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What an adapter needs to act on a decision."""
+
+    call_id: str
+    decision: Decision
+    let_through: bool  # allowed, or denied in observe mode
+    recording_relpath: str | None = None  # where to record, relative to the recording dir
+
+    @property
+    def reasons_csv(self) -> str:
+        return ",".join(self.decision.codes)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundCall:
+    tenant: str | None
+    caller: str | None  # the outside party
+    callee: str | None  # the access number dialled
+    at: dt.datetime
+    pbx: str
+    pbx_call_id: str | None = None
+    channel: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnd:
+    """A PBX's report that a call is over (AMI Cdr/Hangup, ESL CHANNEL_HANGUP_COMPLETE)."""
+
+    pbx: str
+    pbx_call_id: str
+    ended_at: dt.datetime
+    answered_at: dt.datetime | None = None
+    billsec: int | None = None
+    disposition: str | None = None  # ANSWERED, NO ANSWER, BUSY, FAILED ...
+    hangup_cause: str | None = None
+
+
+def _digits(number: Number | None, raw: str | None) -> str | None:
+    return number.digits if number else (raw or None)
+
+
+class Enforcer:
+    """Decisions and call records over one store."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None):
+        self.settings = settings
+        self.rules = Rules.from_settings(settings)
+        self.engine = engine or make_engine(
+            settings.store.url,
+            decision_timeout_ms=settings.decision_timeout_ms,
+            pool_size=settings.store.pool_size,
+        )
+        self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
+        self.timeout_s = settings.decision_timeout_ms / 1000
+        self.recording_dir = Path(settings.recording.dir)
+
+    # -- outbound ---------------------------------------------------------------------------
+
+    def check(self, attempt: CallAttempt) -> Decision:
+        """The decision the attempt would get; stores nothing."""
+        with self.sessions() as session:
+            return decide(attempt, load_facts(session, attempt, self.rules), self.rules)
+
+    def decide(self, attempt: CallAttempt, route: str = "outbound") -> Outcome:
+        """Decide and make the decision durable before answering; deny if the store fails."""
+        started = time.monotonic()
+        call_id = uuid.uuid4().hex
+        try:
+            outcome = self._decide_durably(attempt, call_id, started)
+        except (SQLAlchemyError, StoreUnavailable) as exc:
+            outcome = Outcome(call_id, denial("POLICY_UNAVAILABLE"), let_through=False)
+            log.error("store_unavailable", route=route, call_id=call_id, tenant=attempt.tenant,
+                      error=type(exc).__name__, detail=str(exc).splitlines()[0][:200],
+                      action="outbound call denied (fail closed)")
+        latency_ms = (time.monotonic() - started) * 1000
+        d = outcome.decision
+        log.info("decision", route=route, call_id=call_id, pbx=attempt.pbx,
+                 pbx_call_id=attempt.pbx_call_id, tenant=attempt.tenant,
+                 caller=mask_raw(attempt.caller), callee=mask_raw(attempt.callee),
+                 decision=d.decision, reasons=list(d.codes), let_through=outcome.let_through,
+                 mode=self.settings.mode, latency_ms=round(latency_ms, 2))
+        return outcome
+
+    def _decide_durably(self, attempt: CallAttempt, call_id: str, started: float) -> Outcome:
+        with unit_of_work(self.sessions) as session:
+            d = decide(attempt, load_facts(session, attempt, self.rules), self.rules)
+            observe = self.settings.mode == "observe"
+            relpath = None
+            caller, callee = attempt.caller_number, attempt.callee_number
+            call = Call(
+                call_id=call_id, tenant_id=attempt.tenant, direction="outbound", pbx=attempt.pbx,
+                pbx_call_id=attempt.pbx_call_id, channel=attempt.channel,
+                caller=_digits(caller, attempt.caller), callee=_digits(callee, attempt.callee),
+                party=callee.digits if callee else None, caller_hidden=attempt.hidden,
+                trunk=attempt.trunk, campaign=attempt.campaign, purpose=d.purpose,
+                attempted_at=attempt.at, decision=d.decision, reasons=",".join(d.codes),
+                enforced=not observe, consent_id=d.consent_id, consent_basis=d.consent_basis,
+            )
+            session.add(call)
+            let_through = d.allowed or observe
+            if let_through:
+                relpath = recording_relpath(attempt.tenant or "_unknown", call_id, attempt.at)
+                rec = Recording(call_id=call_id, tenant_id=attempt.tenant, status="recording",
+                                spool_path=str(spool_path(self.recording_dir, relpath)),
+                                started_at=attempt.at)
+                session.add(rec)
+                session.flush()
+                call.recording_id = rec.id
+            audit.append(session, "pbx:" + attempt.pbx, "decision", call_id, {
+                "tenant": attempt.tenant, "caller": call.caller, "callee": call.callee,
+                "hidden": attempt.hidden, "trunk": attempt.trunk, "campaign": attempt.campaign,
+                "purpose": d.purpose, "decision": d.decision, "reasons": list(d.codes),
+                "consent_id": d.consent_id, "consent_basis": d.consent_basis,
+                "mode": self.settings.mode, "pbx_call_id": attempt.pbx_call_id,
+            })
+            call.latency_ms = round((time.monotonic() - started) * 1000, 3)
+            if time.monotonic() > started + self.timeout_s:
+                # The adapter has given up waiting and denied: this must not land as an allow.
+                raise StoreUnavailable("decision deadline passed before commit")
+        return Outcome(call_id, d, let_through, relpath)
+
+    def recording_failed(self, call_id: str, error: str) -> Outcome:
+        """The PBX could not start the recording: the call becomes a RECORDING_UNAVAILABLE deny."""
+        with unit_of_work(self.sessions) as session:
+            call = session.get(Call, call_id)
+            if call is None:
+                raise KeyError("unknown call id")
+            codes = tuple(call.reason_codes) + ("RECORDING_UNAVAILABLE",)
+            call.decision, call.reasons = "deny", ",".join(r.code for r in ordered(codes))
+            if call.recording_id is not None:
+                rec = session.get(Recording, call.recording_id)
+                if rec is not None:
+                    rec.status, rec.error = "failed", error[:500]
+            audit.append(session, "pbx:" + call.pbx, "recording_failed", call_id,
+                         {"error": error[:500], "reasons": call.reason_codes})
+            observe = not call.enforced
+        log.warning("recording_failed", call_id=call_id, error=error[:200],
+                    let_through=observe)
+        return Outcome(call_id, denial(*codes), let_through=observe)
+
+    # -- inbound and opt-out ---------------------------------------------------------------
+
+    def log_inbound(self, call: InboundCall) -> str:
+        """Record an inbound call; it opens the callback window for the caller."""
+        call_id = uuid.uuid4().hex
+        caller, callee = try_normalize(call.caller), try_normalize(call.callee)
+        with unit_of_work(self.sessions) as session:
+            session.add(Call(
+                call_id=call_id, tenant_id=call.tenant, direction="inbound", pbx=call.pbx,
+                pbx_call_id=call.pbx_call_id, channel=call.channel,
+                caller=_digits(caller, call.caller), callee=_digits(callee, call.callee),
+                party=caller.digits if caller else None, caller_hidden=caller is None,
+                attempted_at=call.at, decision="allow", reasons="",
+            ))
+            audit.append(session, "pbx:" + call.pbx, "inbound", call_id,
+                         {"tenant": call.tenant, "caller": _digits(caller, call.caller),
+                          "callee": _digits(callee, call.callee)})
+        log.info("inbound", call_id=call_id, tenant=call.tenant, caller=mask_raw(call.caller),
+                 callee=mask_raw(call.callee), callback_window_h=self.settings.callback_window_hours)
+        return call_id
+
+    def opt_out(self, tenant: str | None, callee: str | None, source: str, actor: str) -> bool:
+        """The callee asked not to be called again: add a refusal (tenant, or global for ``*``)."""
+        number = try_normalize(callee)
+        if number is None or not tenant:
+            log.warning("optout_ignored", tenant=tenant, reason="no tenant or unusable number")
+            return False
+        with unit_of_work(self.sessions) as session:
+            exists = session.scalar(select(Refusal.id).where(
+                Refusal.tenant_id == tenant, Refusal.callee == number.digits))
+            if exists is None:
+                session.add(Refusal(tenant_id=tenant, callee=number.digits, source=source))
+            audit.append(session, actor, "refusal_added", number.digits,
+                         {"tenant": tenant, "source": source, "already_listed": exists is not None})
+        log.info("optout", tenant=tenant, callee=number.masked(), source=source,
+                 scope="global" if tenant == GLOBAL else "tenant")
+        return True
+
+    # -- after the decision ----------------------------------------------------------------
+
+    def find_call(self, pbx: str, pbx_call_id: str) -> str | None:
+        with self.sessions() as session:
+            return session.scalar(select(Call.call_id).where(
+                Call.pbx == pbx, Call.pbx_call_id == pbx_call_id).order_by(Call.attempted_at.desc()).limit(1))
+
+    def call_ended(self, end: CallEnd) -> str | None:
+        """Complete the CDR of the call the PBX reports as over; returns its call id."""
+        with unit_of_work(self.sessions) as session:
+            call = session.scalars(select(Call).where(
+                Call.pbx == end.pbx, Call.pbx_call_id == end.pbx_call_id,
+            ).order_by(Call.attempted_at.desc()).limit(1)).first()
+            if call is None:
+                return None
+            call.ended_at = end.ended_at
+            call.answered_at = end.answered_at or call.answered_at
+            call.billsec = end.billsec if end.billsec is not None else call.billsec
+            call.disposition = end.disposition or call.disposition
+            call.hangup_cause = end.hangup_cause or call.hangup_cause
+            audit.append(session, "pbx:" + end.pbx, "call_ended", call.call_id, {
+                "answered_at": end.answered_at, "ended_at": end.ended_at, "billsec": end.billsec,
+                "disposition": end.disposition, "hangup_cause": end.hangup_cause})
+            call_id = call.call_id
+        log.info("call_ended", call_id=call_id, pbx=end.pbx, billsec=end.billsec,
+                 disposition=end.disposition, hangup_cause=end.hangup_cause)
+        return call_id
+
+    def caller_id_changed(self, pbx: str, pbx_call_id: str, new_caller: str | None) -> str | None:
+        """A caller ID changed mid-call. Returns the call id when the call must be torn down."""
+        number = try_normalize(new_caller)
+        with unit_of_work(self.sessions) as session:
+            call = session.scalars(select(Call).where(
+                Call.pbx == pbx, Call.pbx_call_id == pbx_call_id, Call.direction == "outbound",
+            ).order_by(Call.attempted_at.desc()).limit(1)).first()
+            if call is None or call.decision != "allow" or call.ended_at is not None:
+                return None
+            if number is not None and number.digits == call.caller:
+                return None
+            codes = tuple(call.reason_codes) + ("CID_ALTERED",)
+            call.decision, call.reasons = "deny", ",".join(r.code for r in ordered(codes))
+            audit.append(session, "pbx:" + pbx, "cid_altered", call.call_id, {
+                "decided_caller": call.caller, "new_caller": number.digits if number else new_caller})
+            call_id, tear_down = call.call_id, call.enforced
+        log.warning("cid_altered", call_id=call_id, pbx=pbx,
+                    new_caller=mask(number.digits) if number else "(hidden)", tear_down=tear_down)
+        return call_id if tear_down else None
+
+    def open_calls(self, pbx: str, since: dt.datetime | None = None) -> list[tuple[str, str]]:
+        """(call id, PBX call id) of calls let through and not yet ended: for reconciliation."""
+        with self.sessions() as session:
+            q = select(Call.call_id, Call.pbx_call_id).where(
+                Call.pbx == pbx, Call.ended_at.is_(None), Call.pbx_call_id.is_not(None),
+                Call.recording_id.is_not(None) | (Call.direction == "inbound"))
+            if since is not None:
+                q = q.where(Call.attempted_at >= since)
+            return [(a, b) for a, b in session.execute(q)]
+
+    def now(self) -> dt.datetime:
+        return utcnow()

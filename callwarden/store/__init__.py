@@ -1,0 +1,1 @@
+"""Persistence: models, engines, the audit chain, registry import/export and fact loading."""

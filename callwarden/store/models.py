@@ -1,0 +1,245 @@
+"""SQLAlchemy 2.0 typed models: the registries, call records, recordings and the audit log.
+
+Numbers are stored in canonical form (``callwarden.numbers.normalize``) so that every lookup is
+an exact, indexed match. Times are stored as UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on SQLite and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):  # type: ignore[no-untyped-def]
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):  # type: ignore[no-untyped-def]
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active|suspended|terminated
+    outbound_commitment: Mapped[str | None] = mapped_column(String(100))
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class AccessNumber(Base):
+    __tablename__ = "access_numbers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[str] = mapped_column(String(24), unique=True)  # canonical digits
+    as_filed: Mapped[str] = mapped_column(String(40))  # digits as written on the filing
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    carrier: Mapped[str | None] = mapped_column(String(100))
+    purpose: Mapped[str | None] = mapped_column(String(200))
+    inbound: Mapped[bool] = mapped_column(Boolean, default=True)
+    outbound: Mapped[bool] = mapped_column(Boolean, default=False)
+    filing_ref: Mapped[str | None] = mapped_column(String(100))
+    filed_on: Mapped[dt.date | None] = mapped_column(Date)
+    certificate_ref: Mapped[str | None] = mapped_column(String(100))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    filing_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Trunk(Base):
+    __tablename__ = "trunks"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    carrier: Mapped[str | None] = mapped_column(String(100))
+    verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    proof_ref: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ProofDocument(Base):
+    """Evidence that a tenant's number, trunk or commitment was lawfully obtained (§5(1)1)."""
+
+    __tablename__ = "proof_documents"
+    __table_args__ = (Index("ix_proof_subject", "subject_kind", "subject"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    subject_kind: Mapped[str] = mapped_column(String(16))  # tenant | number | trunk
+    subject: Mapped[str] = mapped_column(String(100))  # tenant id, canonical number, trunk name
+    ref: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    filename: Mapped[str | None] = mapped_column(String(400))
+    added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Consent(Base):
+    __tablename__ = "consents"
+    __table_args__ = (Index("ix_consent_lookup", "tenant_id", "callee"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    callee: Mapped[str] = mapped_column(String(24))
+    scopes: Mapped[str] = mapped_column(String(64))  # comma-separated: callback,consultation
+    obtained_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    evidence_kind: Mapped[str] = mapped_column(String(32))
+    evidence_ref: Mapped[str | None] = mapped_column(String(200))
+    evidence_sha256: Mapped[str | None] = mapped_column(String(64))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Refusal(Base):
+    """Do-not-call (谢绝来电). ``tenant_id`` is ``*`` for the global list."""
+
+    __tablename__ = "refusals"
+    __table_args__ = (UniqueConstraint("tenant_id", "callee", name="uq_refusal"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    callee: Mapped[str] = mapped_column(String(24))
+    source: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str | None] = mapped_column(Text)
+    script: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|review|approved|rejected
+    classifier_matches: Mapped[str | None] = mapped_column(Text)
+    reviewed_by: Mapped[str | None] = mapped_column(String(100))
+    reviewed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Call(Base):
+    """One call attempt (the CDR)."""
+
+    __tablename__ = "calls"
+    __table_args__ = (
+        # Serves frequency counts, callback windows and per-number audit searches.
+        Index("ix_calls_party", "tenant_id", "party", "direction", "attempted_at"),
+        Index("ix_calls_pbx", "pbx", "pbx_call_id"),
+        Index("ix_calls_attempted", "attempted_at"),
+    )
+
+    call_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(64))
+    direction: Mapped[str] = mapped_column(String(8))  # outbound | inbound
+    pbx: Mapped[str] = mapped_column(String(16))
+    pbx_call_id: Mapped[str | None] = mapped_column(String(64))
+    channel: Mapped[str | None] = mapped_column(String(200))
+    caller: Mapped[str | None] = mapped_column(String(40))  # canonical when parseable, else raw
+    callee: Mapped[str | None] = mapped_column(String(40))
+    party: Mapped[str | None] = mapped_column(String(40))  # the outside number (callee out, caller in)
+    caller_hidden: Mapped[bool] = mapped_column(Boolean, default=False)
+    trunk: Mapped[str | None] = mapped_column(String(100))
+    campaign: Mapped[str | None] = mapped_column(String(64))
+    purpose: Mapped[str | None] = mapped_column(String(32))
+    attempted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    answered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    billsec: Mapped[int | None] = mapped_column(Integer)
+    disposition: Mapped[str | None] = mapped_column(String(32))
+    hangup_cause: Mapped[str | None] = mapped_column(String(64))
+    decision: Mapped[str] = mapped_column(String(8))  # allow | deny
+    reasons: Mapped[str] = mapped_column(String(400), default="")  # comma-separated codes
+    enforced: Mapped[bool] = mapped_column(Boolean, default=True)  # False in observe mode
+    consent_id: Mapped[int | None] = mapped_column(Integer)
+    consent_basis: Mapped[str | None] = mapped_column(String(32))
+    recording_id: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float | None] = mapped_column()
+
+    @property
+    def reason_codes(self) -> list[str]:
+        return [c for c in self.reasons.split(",") if c]
+
+
+class Recording(Base):
+    __tablename__ = "recordings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.call_id"), index=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="recording")  # recording|stored|failed|purged
+    spool_path: Mapped[str | None] = mapped_column(String(500))  # where the PBX writes it
+    location: Mapped[str | None] = mapped_column(String(500))  # where it is kept
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int | None] = mapped_column(Integer)
+    duration_s: Mapped[float | None] = mapped_column()
+    encrypted: Mapped[bool] = mapped_column(Boolean, default=False)
+    key_id: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finalized_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    retain_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditEntry(Base):
+    """Append-only, hash-chained: ``hash = sha256(prev_hash + canonical JSON of the entry)``."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    subject: Mapped[str | None] = mapped_column(String(200), index=True)
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """One row: the chain's last sequence number and hash; locked to append in order."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
