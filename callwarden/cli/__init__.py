@@ -1,0 +1,1 @@
+"""The ``callwarden`` command line."""

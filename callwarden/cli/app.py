@@ -1,0 +1,54 @@
+"""Shared state of one CLI invocation: the config file, loaded once, and store access."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+
+import click
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from callwarden import log
+from callwarden.config import ConfigError, Settings, load_settings
+from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
+
+EXIT_DENY = 3
+EXIT_CONFIG = 2
+
+
+class App:
+    def __init__(self, config_path: str | None, actor: str):
+        self.config_path = config_path
+        self.actor = actor
+
+    @cached_property
+    def settings(self) -> Settings:
+        try:
+            settings = load_settings(self.config_path)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise SystemExit(EXIT_CONFIG) from None
+        log.configure("console" if settings.logging.format == "console" else "json",
+                      settings.logging.level)
+        return settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The administrator's engine: no decision deadline, long imports allowed."""
+        return make_engine(self.settings.store.url)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One unit of work; a registry error rolls everything back."""
+        with unit_of_work(make_sessionmaker(self.engine)) as session:
+            yield session
+
+    @contextmanager
+    def reader(self) -> Iterator[Session]:
+        with make_sessionmaker(self.engine)() as session:
+            yield session
+
+
+pass_app = click.make_pass_decorator(App)

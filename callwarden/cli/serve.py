@@ -1,0 +1,98 @@
+"""``callwarden serve``: run the enforcement servers for the PBX sections present in the config.
+
+Asterisk (asyncio, panoramisk) runs in this process; FreeSWITCH (gevent, greenswitch) runs in a
+child process (``python -m callwarden.esl``) because gevent's monkey-patching and asyncio do not
+share one process safely. The child is supervised: restarted with backoff if it dies, stopped
+with this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import click
+
+from callwarden.cli.app import App, pass_app
+from callwarden.log import get_logger
+from callwarden.service.enforcer import Enforcer
+from callwarden.store.migrate import current_revision, head_revision
+
+log = get_logger("callwarden.serve")
+
+
+def _schema_ready(app: App) -> None:
+    current, head = current_revision(app.engine), head_revision()
+    if current != head:
+        click.echo(f"error: store schema is at {current or 'nothing'}, newest is {head}: "
+                   "run `callwarden db upgrade` first", err=True)
+        raise SystemExit(1)
+
+
+@click.command("serve")
+@click.option("--only", type=click.Choice(["asterisk", "freeswitch"]),
+              help="Run just one PBX adapter (default: every one configured).")
+@pass_app
+def serve_cmd(app: App, only: str | None) -> None:
+    """Start the FastAGI/AMI and Event Socket servers and run until stopped (SIGTERM/SIGINT)."""
+    settings = app.settings
+    _schema_ready(app)
+    want_ast = settings.asterisk is not None and only in (None, "asterisk")
+    want_fs = settings.freeswitch is not None and only in (None, "freeswitch")
+    if not (want_ast or want_fs):
+        click.echo("error: nothing to serve: the config has no asterisk: or freeswitch: section", err=True)
+        raise SystemExit(2)
+    if want_fs and not want_ast:
+        from callwarden.esl.process import run_freeswitch
+
+        run_freeswitch(app.config_path)
+        return
+    asyncio.run(_serve_asterisk(app, with_freeswitch=want_fs))
+
+
+async def _serve_asterisk(app: App, with_freeswitch: bool) -> None:
+    from callwarden.agi import serve_asterisk
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(serve_asterisk(app.settings, Enforcer(app.settings), stop))]
+    if with_freeswitch:
+        tasks.append(asyncio.create_task(_supervise_freeswitch(app.config_path, stop)))
+    await stop.wait()
+    log.info("stopping")
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _supervise_freeswitch(config_path: str | None, stop: asyncio.Event) -> None:
+    """Keep ``python -m callwarden.esl`` running; restart it with backoff if it exits."""
+    delay = 1.0
+    args = [sys.executable, "-m", "callwarden.esl"] + (["--config", config_path] if config_path else [])
+    while not stop.is_set():
+        proc = await asyncio.create_subprocess_exec(*args)
+        log.info("freeswitch_adapter_started", pid=proc.pid)
+        try:
+            rc = await proc.wait()
+        except asyncio.CancelledError:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+            raise
+        log.error("freeswitch_adapter_exited", returncode=rc, restart_in_s=delay)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            pass
+        delay = min(delay * 2, 30.0)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(serve_cmd)
+
+

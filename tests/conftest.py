@@ -1,0 +1,113 @@
+"""Shared fixtures: a migrated store on SQLite and on the real PostgreSQL, settings, seed data.
+
+PostgreSQL: $CALLWARDEN_TEST_PG (default postgresql+psycopg://postgres@127.0.0.1:5432/test);
+each test gets its own schema, dropped afterwards. When PostgreSQL is unreachable the PG
+variants are skipped locally, but fail under CI=true (CI has PostgreSQL, so a skip would hide
+a broken store).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import create_engine, text
+
+from callwarden.config import Settings, parse_settings
+from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
+from callwarden.store.migrate import upgrade
+from callwarden.store.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+TRACES = SHARED / "traces"
+EXAMPLE_CONFIG = ROOT / "config" / "callwarden.example.yaml"
+EXAMPLE_REGISTRY = ROOT / "config" / "registry.example.yaml"
+PG_URL = os.environ.get("CALLWARDEN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+CST = dt.timezone(dt.timedelta(hours=8))
+
+
+def at(text_: str) -> dt.datetime:
+    """'2026-03-02 10:00' in China time."""
+    return dt.datetime.fromisoformat(text_).replace(tzinfo=CST)
+
+
+def _pg_available() -> bool:
+    try:
+        with create_engine(PG_URL, connect_args={"connect_timeout": 2}).connect() as c:
+            c.execute(text("select 1"))
+        return True
+    except Exception:
+        return False
+
+
+_PG_OK: bool | None = None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> Iterator[str]:
+    """A migrated, empty store; runs each test once per backend."""
+    global _PG_OK
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'callwarden.db'}"
+        upgrade(make_engine(url))
+        yield url
+        return
+    if _PG_OK is None:
+        _PG_OK = _pg_available()
+    if not _PG_OK:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL not reachable at {PG_URL} (required under CI)")
+        pytest.skip("PostgreSQL not reachable")
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = create_engine(PG_URL)
+    with admin.begin() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    upgrade(make_engine(url))
+    try:
+        yield url
+    finally:
+        with admin.begin() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'callwarden.db'}"
+    upgrade(make_engine(url))
+    return url
+
+
+@pytest.fixture
+def make_settings(tmp_path) -> Callable[..., Settings]:
+    """Settings for a store URL with overrides: ``make_settings(url, mode="observe")``."""
+
+    def build(url: str, **overrides: Any) -> Settings:
+        data: dict[str, Any] = {"store": {"url": url}, "recording": {"dir": str(tmp_path / "rec")},
+                                "logging": {"format": "console", "level": "warning"}}
+        data.update(overrides)
+        return parse_settings(data)
+
+    return build
+
+
+def seed(url: str, doc: dict | None = None) -> None:
+    """Import a registry document (default: config/registry.example.yaml)."""
+    if doc is None:
+        doc = yaml.safe_load(EXAMPLE_REGISTRY.read_text(encoding="utf-8"))
+    with unit_of_work(make_sessionmaker(make_engine(url))) as s:
+        Registry(s, "test").import_document(doc)
+
+
+@pytest.fixture
+def seeded_url(store_url) -> str:
+    seed(store_url)
+    return store_url
