@@ -29,7 +29,8 @@ class TimeSpan(BaseModel):
         return self.start <= t < self.end
 
     def __str__(self) -> str:
-        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+        end = "24:00" if self.end == dt.time.max else f"{self.end:%H:%M}"
+        return f"{self.start:%H:%M}-{end}"
 
 
 def parse_span(value: object) -> TimeSpan:
@@ -39,11 +40,10 @@ def parse_span(value: object) -> TimeSpan:
     if not m:
         raise ValueError("must look like HH:MM-HH:MM (for example 08:00-21:00)")
     h1, m1, h2, m2 = (int(g) for g in m.groups())
-    if h2 == 24 and m2 == 0:
-        h2, m2 = 23, 59  # "..-24:00" means to the end of the day
-    if not (0 <= h1 < 24 and 0 <= h2 < 24 and m1 < 60 and m2 < 60):
+    day_end = h2 == 24 and m2 == 0  # "..-24:00" runs to the end of the day
+    if not (0 <= h1 < 24 and (0 <= h2 < 24 or day_end) and m1 < 60 and m2 < 60):
         raise ValueError("hours must be 00-23 (or 24:00 as an end) and minutes 00-59")
-    start, end = dt.time(h1, m1), dt.time(h2, m2)
+    start, end = dt.time(h1, m1), dt.time.max if day_end else dt.time(h2, m2)
     if start >= end:
         raise ValueError("the start must be before the end (spans across midnight are not allowed)")
     return TimeSpan(start=start, end=end)

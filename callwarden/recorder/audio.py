@@ -13,9 +13,14 @@ __all__ = ["audio_duration"]
 
 # Headerless formats Asterisk can record, by extension: bytes per second of audio.
 _RAW_BYTES_PER_S = {
-    "ulaw": 8000, "ul": 8000, "pcmu": 8000,
-    "alaw": 8000, "al": 8000, "pcma": 8000,
-    "sln": 16000, "sln16": 32000,
+    "ulaw": 8000,
+    "ul": 8000,
+    "pcmu": 8000,
+    "alaw": 8000,
+    "al": 8000,
+    "pcma": 8000,
+    "sln": 16000,
+    "sln16": 32000,
     "gsm": 1650,  # 33-byte frames of 160 samples at 8 kHz
 }
 _UNSET_SIZES = (0, 0xFFFFFFFF)  # what writers put in a header they never fixed up
@@ -35,10 +40,7 @@ class _WavHeader:
 
     def is_fixed_up(self, file_size: int) -> bool:
         """True if the declared data size is plausible for a completed file."""
-        return (
-            self.data_size not in _UNSET_SIZES
-            and self.data_offset + self.data_size <= file_size
-        )
+        return self.data_size not in _UNSET_SIZES and self.data_offset + self.data_size <= file_size
 
     def duration(self, file_size: int) -> float | None:
         """Duration from the fmt chunk and the data bytes really present."""

@@ -168,14 +168,18 @@ class EncryptingReader(ChunkedReader):
         salt, self._prefix = os.urandom(_SALT_SIZE), os.urandom(_PREFIX_SIZE)
         kid = key.key_id.encode("ascii")
         self._header = (
-            MAGIC + bytes([VERSION, len(kid)]) + kid + struct.pack(">I", chunk_size)
-            + salt + self._prefix
+            MAGIC
+            + bytes([VERSION, len(kid)])
+            + kid
+            + struct.pack(">I", chunk_size)
+            + salt
+            + self._prefix
         )
         self._aead = _file_key(key, salt)
         self._chunk_size = chunk_size
         self._index = 0
         self._pending: bytes | None = None
-        self._out += self._header
+        self._push(self._header)
 
     def _next_chunk(self) -> bytes:
         """Encrypt the next chunk; the final one is known by reading one chunk ahead."""
@@ -209,8 +213,9 @@ class DecryptingReader(ChunkedReader):
         self._aead = self._read_header()  # unknown key or bad header: fail here, not later
 
     def _fail(self, what: str) -> DecryptionError:
-        return DecryptionError(f"cannot decrypt recording (key id {self.key_id}): {what}",
-                               key_id=self.key_id)
+        return DecryptionError(
+            f"cannot decrypt recording (key id {self.key_id}): {what}", key_id=self.key_id
+        )
 
     def _read_header(self) -> AESGCM:
         fixed = read_exactly(self._src, len(MAGIC) + 2)
@@ -247,8 +252,9 @@ class DecryptingReader(ChunkedReader):
         if self._index >= _MAX_CHUNKS:
             raise self._fail("too many chunks")
         try:
-            plain = self._aead.decrypt(_nonce(self._prefix, self._index, final), current,
-                                       self._header)
+            plain = self._aead.decrypt(
+                _nonce(self._prefix, self._index, final), current, self._header
+            )
         except InvalidTag:
             raise self._fail(
                 f"chunk {self._index} failed authentication: wrong key, or the file was "

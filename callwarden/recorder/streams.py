@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
@@ -114,23 +115,38 @@ class ChunkedReader(StreamReader):
 
     def __init__(self, src: Readable) -> None:
         super().__init__(src)
-        self._out = bytearray()
+        self._buf: deque[bytes] = deque()
+        self._buffered = 0
         self._done = False
 
     def _next_chunk(self) -> bytes:
         """Produce the next piece of output; set ``self._done`` with the last one."""
         raise NotImplementedError
 
+    def _push(self, data: bytes) -> None:
+        if data:
+            self._buf.append(data)
+            self._buffered += len(data)
+
     def read(self, n: int = -1, /) -> bytes:
-        while not self._done and (n is None or n < 0 or len(self._out) < n):
-            self._out += self._next_chunk()
-        if n is None or n < 0 or n >= len(self._out):
-            data = bytes(self._out)
-            self._out.clear()
-        else:
-            data = bytes(self._out[:n])
-            del self._out[:n]
-        return data
+        whole = n is None or n < 0
+        while not self._done and (whole or self._buffered < n):
+            self._push(self._next_chunk())
+        if whole or n >= self._buffered:
+            data = b"".join(self._buf)
+            self._buf.clear()
+            self._buffered = 0
+            return data
+        parts, need = [], n
+        while need:
+            piece = self._buf.popleft()
+            if len(piece) > need:
+                self._buf.appendleft(piece[need:])
+                piece = piece[:need]
+            parts.append(piece)
+            need -= len(piece)
+        self._buffered -= n
+        return b"".join(parts)
 
 
 class PrefixedReader(StreamReader):

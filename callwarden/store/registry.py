@@ -429,10 +429,12 @@ def import_refusals_bulk(session: Session, tenant: str, numbers: Iterable[str], 
     def flush() -> int:
         if not chunk:
             return 0
-        stmt = insert(Refusal).on_conflict_do_nothing(index_elements=["tenant_id", "callee"])
-        n = session.execute(stmt, chunk).rowcount
+        table = Refusal.__table__
+        stmt = (insert(table).on_conflict_do_nothing(index_elements=["tenant_id", "callee"])
+                .returning(table.c.id))  # only the rows really inserted come back
+        n = len(session.connection().execute(stmt, chunk).all())
         chunk.clear()
-        return max(n, 0)
+        return n
 
     for digits in numbers:
         chunk.append({"tenant_id": tenant, "callee": digits, "source": source, "created_at": now})

@@ -12,8 +12,16 @@ from .local import LocalStorage
 
 __all__ = ["storage_from_config"]
 
-_KEYS = {"kind", "root", "bucket", "prefix", "endpoint_url", "region", "object_lock",
-         "addressing_style"}
+_KEYS = {
+    "kind",
+    "root",
+    "bucket",
+    "prefix",
+    "endpoint_url",
+    "region",
+    "object_lock",
+    "addressing_style",
+}
 
 
 def storage_from_config(

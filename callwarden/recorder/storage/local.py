@@ -72,8 +72,9 @@ class LocalStorage:
             raise AlreadyExists(location)
         os.makedirs(target.parent, mode=_DIR_MODE, exist_ok=True)
         self._path(relpath)  # re-check containment now that the directories exist
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
-                                        dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".part", dir=target.parent
+        )
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -84,7 +85,7 @@ class LocalStorage:
             self._link_into_place(tmp, target, location)
             _fsync_dir(target.parent)
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # a stray hidden .part file is harmless
                 tmp.unlink()
         return location
 

@@ -83,8 +83,9 @@ class S3Storage:
         except ClientError as e:
             if _code(e) == "ObjectLockConfigurationNotFoundError":
                 return False
-            raise StorageError(f"cannot read object lock setting of bucket {self.bucket}: "
-                               f"{_code(e)}") from e
+            raise StorageError(
+                f"cannot read object lock setting of bucket {self.bucket}: {_code(e)}"
+            ) from e
         except BotoCoreError as e:
             raise StorageError(f"cannot reach S3 for bucket {self.bucket}: {e}") from e
         return conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
@@ -104,8 +105,9 @@ class S3Storage:
     def _head(self, key: str, version_id: str | None = None) -> dict[str, Any] | None:
         extra = {"VersionId": version_id} if version_id else {}
         try:
-            return cast(dict[str, Any],
-                        self._client.head_object(Bucket=self.bucket, Key=key, **extra))
+            return cast(
+                dict[str, Any], self._client.head_object(Bucket=self.bucket, Key=key, **extra)
+            )
         except ClientError as e:
             if _code(e) in _NOT_FOUND:
                 return None
@@ -123,7 +125,8 @@ class S3Storage:
                 raise AlreadyExists(location)
             extra = (
                 {"ObjectLockMode": _LOCK_MODE, "ObjectLockRetainUntilDate": retain_until}
-                if self.object_lock else {}
+                if self.object_lock
+                else {}
             )
             if isinstance(src, (str, os.PathLike)):
                 with open(src, "rb") as f:
@@ -137,8 +140,7 @@ class S3Storage:
         return location
 
     def _upload(self, body: Any, key: str, extra: dict[str, Any]) -> None:
-        self._client.upload_fileobj(body, self.bucket, key, ExtraArgs=extra,
-                                    Config=self._transfer)
+        self._client.upload_fileobj(body, self.bucket, key, ExtraArgs=extra, Config=self._transfer)
 
     def _ensure_locked(self, key: str, retain_until: datetime) -> None:
         """Check the new version carries the retention; set it if the store dropped it.
@@ -148,16 +150,20 @@ class S3Storage:
         """
         head = self._head(key) or {}
         until = head.get("ObjectLockRetainUntilDate")
-        if head.get("ObjectLockMode") == _LOCK_MODE and until and until >= retain_until.replace(
-            microsecond=0
+        if (
+            head.get("ObjectLockMode") == _LOCK_MODE
+            and until
+            and until >= retain_until.replace(microsecond=0)
         ):
             return
         version = head.get("VersionId")
         extra = {"VersionId": version} if version else {}
         try:
             self._client.put_object_retention(
-                Bucket=self.bucket, Key=key,
-                Retention={"Mode": _LOCK_MODE, "RetainUntilDate": retain_until}, **extra,
+                Bucket=self.bucket,
+                Key=key,
+                Retention={"Mode": _LOCK_MODE, "RetainUntilDate": retain_until},
+                **extra,
             )
         except (ClientError, BotoCoreError):
             self._client.delete_object(Bucket=self.bucket, Key=key, **extra)

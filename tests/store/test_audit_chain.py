@@ -1,0 +1,69 @@
+"""The audit log is append-only in the database and any edit breaks the hash chain."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from callwarden.store import audit
+from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
+
+
+def _fill(url: str, n: int = 5):
+    factory = make_sessionmaker(make_engine(url))
+    for i in range(n):
+        with unit_of_work(factory) as s:
+            audit.append(s, "tester", "thing.done", f"subject-{i}", {"i": i, "note": "变更"})
+    return factory
+
+
+def _drop_guard(s, dialect: str) -> None:
+    """What an attacker with database access would do first."""
+    if dialect == "postgresql":
+        s.execute(text("DROP TRIGGER audit_log_no_change ON audit_log"))
+    else:
+        s.execute(text("DROP TRIGGER audit_log_no_update"))
+        s.execute(text("DROP TRIGGER audit_log_no_delete"))
+
+
+def test_a_fresh_chain_verifies(store_url):
+    factory = _fill(store_url)
+    with factory() as s:
+        assert audit.verify_chain(s) == []
+        assert s.get(audit.AuditHead, 1).seq == 5
+
+
+def test_updates_and_deletes_are_refused_by_the_database(store_url):
+    factory = _fill(store_url, 2)
+    for stmt in ("UPDATE audit_log SET actor='x' WHERE seq=1", "DELETE FROM audit_log WHERE seq=2"):
+        with pytest.raises(DBAPIError, match="append-only"), unit_of_work(factory) as s:
+            s.execute(text(stmt))
+
+
+@pytest.mark.parametrize(("stmt", "seq", "problem"), [
+    ("UPDATE audit_log SET details='[99]' WHERE seq=3", 3, "entry altered"),
+    ("UPDATE audit_log SET actor='someone-else' WHERE seq=2", 2, "entry altered"),
+    ("DELETE FROM audit_log WHERE seq=3", 3, "missing"),
+    ("DELETE FROM audit_log WHERE seq=5", 5, "entries removed at the end"),
+])
+def test_tampering_is_detected(store_url, stmt, seq, problem):
+    factory = _fill(store_url)
+    with unit_of_work(factory) as s:
+        _drop_guard(s, s.get_bind().dialect.name)
+        s.execute(text(stmt))
+    with factory() as s:
+        problems = audit.verify_chain(s)
+    assert any(p.seq == seq and problem in p.problem for p in problems), problems
+
+
+def test_rehashing_one_entry_still_breaks_the_next_link(store_url):
+    factory = _fill(store_url)
+    with unit_of_work(factory) as s:
+        _drop_guard(s, s.get_bind().dialect.name)
+        e = s.get(audit.AuditEntry, 2)
+        e.details = '{"i":42}'
+        e.hash = audit.entry_hash(e.prev_hash, e.seq, e.at, e.actor, e.action, e.subject, e.details)
+    with factory() as s:
+        problems = audit.verify_chain(s)
+    assert [(p.seq, p.problem) for p in problems] == [(3, "prev_hash does not link to the previous entry")]

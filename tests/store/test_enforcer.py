@@ -1,0 +1,209 @@
+"""Decisions through the store, on SQLite and PostgreSQL: durable, counted, fail-closed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from callwarden.policy import CallAttempt
+from callwarden.service.enforcer import CallEnd, Enforcer, InboundCall
+from callwarden.store.audit import verify_chain
+from callwarden.store.models import AuditEntry, Call, Recording
+from tests.conftest import at, seed
+
+
+def attempt(**kw) -> CallAttempt:
+    base = dict(tenant="acme", caller="95512", callee="13800138000", at=at("2026-03-02 10:00"),
+                trunk="ct-trunk-1", pbx="asterisk")
+    base.update(kw)
+    return CallAttempt(**base)
+
+
+@pytest.fixture
+def enforcer(seeded_url, make_settings) -> Enforcer:
+    return Enforcer(make_settings(seeded_url))
+
+
+def test_allowed_decision_is_durable_before_it_returns(enforcer):
+    out = enforcer.decide(attempt(pbx_call_id="1795480861.25"))
+    assert out.decision.allowed and out.let_through and out.recording_relpath.startswith("acme/2026/03/02/")
+    with enforcer.sessions() as s:
+        call = s.get(Call, out.call_id)
+        assert (call.decision, call.caller, call.callee, call.party) == ("allow", "95512", "13800138000", "13800138000")
+        assert call.consent_id is not None and call.consent_basis == "consent"
+        rec = s.get(Recording, call.recording_id)
+        assert rec.status == "recording" and rec.spool_path.endswith(out.call_id + ".wav")
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.subject == out.call_id)).one()
+        assert entry.action == "decision" and '"decision":"allow"' in entry.details
+        assert verify_chain(s) == []
+
+
+def test_denied_decision_is_stored_with_every_reason_and_no_recording(enforcer):
+    out = enforcer.decide(attempt(caller="13812345678", callee="13900139000"))
+    assert not out.let_through and out.recording_relpath is None
+    with enforcer.sessions() as s:
+        call = s.get(Call, out.call_id)
+        assert call.decision == "deny" and call.reason_codes == [
+            "CID_USER_NUMBER", "CID_NOT_REGISTERED", "CALLEE_REFUSED", "NO_CONSENT"]
+        assert call.recording_id is None
+
+
+def test_check_stores_nothing(enforcer):
+    enforcer.check(attempt())
+    with enforcer.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Call)) == 0
+
+
+def test_number_forms_match_the_registry(enforcer):
+    assert enforcer.check(attempt(caller="+86 95512", callee="+86 138 0013 8000")).allowed
+
+
+def test_length_altered_and_other_tenant_numbers(enforcer):
+    assert enforcer.check(attempt(caller="955121234")).codes == ("CID_NOT_REGISTERED", "NUMBER_LENGTH_ALTERED")
+    assert enforcer.check(attempt(caller="9551")).codes == ("CID_NOT_REGISTERED", "NUMBER_LENGTH_ALTERED")
+    assert "CID_OTHER_TENANT" in enforcer.check(attempt(caller="010-5800-1234")).codes
+    assert "NUMBER_INBOUND_ONLY" in enforcer.check(attempt(caller="4008001234")).codes
+
+
+def test_unverified_trunk_of_other_tenant(enforcer):
+    assert enforcer.check(attempt(trunk="cm-trunk-9")).codes == ("TRUNK_UNVERIFIED",)
+    assert enforcer.check(attempt(trunk="no-such-trunk")).codes == ("TRUNK_UNVERIFIED",)
+
+
+def test_campaign_held_for_review_cannot_call(enforcer):
+    assert enforcer.check(attempt(campaign="spring-promo")).codes == ("CAMPAIGN_NOT_APPROVED",)
+    assert enforcer.check(attempt(campaign="renewals")).allowed
+
+
+def test_global_refusal_applies_to_every_tenant(enforcer):
+    assert "CALLEE_REFUSED" in enforcer.check(attempt(callee="13700137000")).codes
+
+
+def test_frequency_counts_come_from_stored_calls(enforcer):
+    t0 = at("2026-03-02 09:00")
+    assert enforcer.decide(attempt(at=t0)).decision.allowed
+    assert enforcer.decide(attempt(at=t0 + dt.timedelta(hours=1))).decision.allowed
+    third = enforcer.decide(attempt(at=t0 + dt.timedelta(hours=2)))
+    assert third.decision.codes == ("FREQUENCY_EXCEEDED",)
+    # a denied attempt does not count; the next calendar day starts afresh
+    assert enforcer.check(attempt(at=at("2026-03-03 09:00"))).allowed
+    # another tenant's or another callee's calls are not counted
+    assert enforcer.check(attempt(callee="+86 139 0013 9001", purpose="consultation", at=t0 + dt.timedelta(hours=3))).allowed
+
+
+def test_weekly_limit_is_a_rolling_seven_days(enforcer):
+    for day in range(2, 7):  # Mon..Fri, one call a day
+        assert enforcer.decide(attempt(at=at(f"2026-03-0{day} 10:00"))).decision.allowed
+    assert enforcer.check(attempt(at=at("2026-03-07 10:00"))).codes == ("FREQUENCY_EXCEEDED",)
+    assert enforcer.check(attempt(at=at("2026-03-09 10:00:01"))).allowed  # the Monday call left the window
+
+
+def test_inbound_call_opens_the_callback_window(enforcer):
+    stranger = "13600136000"
+    assert enforcer.check(attempt(callee=stranger, purpose="callback")).codes == ("NO_CONSENT",)
+    enforcer.log_inbound(InboundCall("acme", "+86 136 0013 6000", "95512", at("2026-03-01 12:00"), "asterisk"))
+    d = enforcer.check(attempt(callee=stranger, purpose="callback"))
+    assert d.allowed and d.consent_basis == "inbound-callback"
+    assert enforcer.check(attempt(callee=stranger, purpose="consultation")).codes == ("NO_CONSENT",)
+    late = attempt(callee=stranger, purpose="callback", at=at("2026-03-04 12:00:01"))
+    assert enforcer.check(late).codes == ("NO_CONSENT",)
+    other = attempt(tenant="beta", caller="01058001234", trunk=None, callee=stranger, purpose="callback")
+    assert "NO_CONSENT" in enforcer.check(other).codes
+
+
+def test_opt_out_becomes_a_refusal(enforcer):
+    assert enforcer.opt_out("acme", "+8613800138000", source="ivr", actor="pbx:asterisk")
+    assert enforcer.check(attempt()).codes == ("CALLEE_REFUSED",)
+    assert enforcer.opt_out("acme", "13800138000", source="ivr", actor="pbx:asterisk")  # idempotent
+    assert not enforcer.opt_out(None, "13800138000", source="ivr", actor="x")
+
+
+def test_call_end_completes_the_cdr_and_cid_change_flags_it(enforcer):
+    out = enforcer.decide(attempt(pbx_call_id="1795480861.25"))
+    end = at("2026-03-02 10:03")
+    assert enforcer.caller_id_changed("asterisk", "1795480861.25", "95512") is None  # same number
+    assert enforcer.caller_id_changed("asterisk", "1795480861.25", "13812345678") == out.call_id
+    assert enforcer.call_ended(CallEnd("asterisk", "1795480861.25", end, at("2026-03-02 10:00:05"), 175,
+                                       "ANSWERED", "NORMAL_CLEARING")) == out.call_id
+    with enforcer.sessions() as s:
+        call = s.get(Call, out.call_id)
+        assert (call.billsec, call.disposition, call.ended_at) == (175, "ANSWERED", end)
+        assert call.decision == "deny" and call.reason_codes == ["CID_ALTERED"]
+        assert verify_chain(s) == []
+    assert enforcer.call_ended(CallEnd("asterisk", "no-such-id", end)) is None
+
+
+def test_recording_failure_turns_the_call_into_a_deny(enforcer):
+    out = enforcer.decide(attempt())
+    failed = enforcer.recording_failed(out.call_id, "MixMonitor returned -1")
+    assert not failed.let_through and failed.decision.codes == ("RECORDING_UNAVAILABLE",)
+    with enforcer.sessions() as s:
+        call = s.get(Call, out.call_id)
+        assert call.reason_codes == ["RECORDING_UNAVAILABLE"]
+        assert s.get(Recording, call.recording_id).status == "failed"
+
+
+def test_observe_mode_lets_denied_calls_through_but_stores_the_deny(seeded_url, make_settings):
+    e = Enforcer(make_settings(seeded_url, mode="observe"))
+    out = e.decide(attempt(callee="13900139000"))
+    assert out.let_through and not out.decision.allowed and out.recording_relpath
+    with e.sessions() as s:
+        call = s.get(Call, out.call_id)
+        assert call.decision == "deny" and not call.enforced and call.recording_id is not None
+
+
+def test_suspending_a_tenant_takes_effect_on_the_next_call(enforcer):
+    from callwarden.store.db import unit_of_work
+    from callwarden.store.registry import Registry
+
+    assert enforcer.check(attempt()).allowed
+    with unit_of_work(enforcer.sessions) as s:
+        Registry(s, "admin").set_tenant_status("acme", "suspended", "complaints")
+    assert enforcer.decide(attempt()).decision.codes == ("TENANT_SUSPENDED",)
+
+
+def test_unreachable_store_fails_closed_in_time(make_settings):
+    # a closed port: the connection is refused, the decision must still come back, as a deny
+    e = Enforcer(make_settings("postgresql+psycopg://nobody@127.0.0.1:9/none", decision_timeout_ms=200))
+    t = time.monotonic()
+    out = e.decide(attempt())
+    assert out.decision.codes == ("POLICY_UNAVAILABLE",) and not out.let_through
+    assert out.decision.hangup_cause == "NORMAL_TEMPORARY_FAILURE"
+    assert time.monotonic() - t < 5
+
+
+def test_locked_sqlite_store_fails_closed(sqlite_url, make_settings):
+    seed(sqlite_url)
+    e = Enforcer(make_settings(sqlite_url, decision_timeout_ms=100))
+    import sqlite3
+
+    path = sqlite_url.removeprefix("sqlite:///")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        t = time.monotonic()
+        out = e.decide(attempt())
+        assert out.decision.codes == ("POLICY_UNAVAILABLE",)
+        assert time.monotonic() - t < 2
+    finally:
+        blocker.execute("ROLLBACK")
+    assert e.decide(attempt()).decision.allowed  # and recovers once the lock is gone
+
+
+def test_decision_past_its_deadline_is_not_committed(enforcer, monkeypatch):
+    import callwarden.service.enforcer as mod
+
+    real = mod.load_facts
+
+    def slow(*a, **kw):
+        time.sleep(enforcer.timeout_s + 0.05)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(mod, "load_facts", slow)
+    out = enforcer.decide(attempt())
+    assert out.decision.codes == ("POLICY_UNAVAILABLE",)
+    with enforcer.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Call)) == 0
