@@ -243,3 +243,51 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class LegalHold(Base):
+    """Keeps recordings past their deadline: one call, a whole tenant, or a number range."""
+
+    __tablename__ = "legal_holds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))  # call | tenant | number_prefix
+    value: Mapped[str] = mapped_column(String(64), index=True)  # call id, tenant id, number prefix
+    reason: Mapped[str] = mapped_column(Text)
+    set_by: Mapped[str] = mapped_column(String(100))
+    set_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lifted_by: Mapped[str | None] = mapped_column(String(100))
+    lifted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Complaint(Base):
+    """A callee's complaint (投诉) about a tenant's calls."""
+
+    __tablename__ = "complaints"
+    __table_args__ = (Index("ix_complaints_tenant_at", "tenant_id", "received_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    callee: Mapped[str] = mapped_column(String(24))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str | None] = mapped_column(String(64))  # 12321, carrier, hotline ...
+    note: Mapped[str | None] = mapped_column(Text)
+    call_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Alert(Base):
+    """A warning or suspension raised by the policing detector; ``dedup_key`` makes it once-only."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dedup_key: Mapped[str] = mapped_column(String(200), unique=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # risk_warn | risk_suspend | filing_overdue | proof_missing
+    level: Mapped[str] = mapped_column(String(16))  # warn | suspend
+    score: Mapped[float | None] = mapped_column()
+    details: Mapped[str] = mapped_column(Text)  # JSON: figures, thresholds, sample call ids
+    raised_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(100))
+    acknowledged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
