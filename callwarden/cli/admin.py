@@ -19,7 +19,15 @@ from callwarden.cli.app import App, pass_app
 from callwarden.cli.output import emit, emit_json
 from callwarden.numbers import InvalidNumber, normalize
 from callwarden.store.facts import GLOBAL
-from callwarden.store.models import AccessNumber, Campaign, Consent, ProofDocument, Refusal, Tenant, Trunk
+from callwarden.store.models import (
+    AccessNumber,
+    Campaign,
+    Consent,
+    ProofDocument,
+    Refusal,
+    Tenant,
+    Trunk,
+)
 from callwarden.store.registry import (
     Registry,
     RegistryError,

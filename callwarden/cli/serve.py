@@ -9,6 +9,7 @@ with this process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 
@@ -85,10 +86,8 @@ async def _supervise_freeswitch(config_path: str | None, stop: asyncio.Event) ->
                 proc.kill()
             raise
         log.error("freeswitch_adapter_exited", returncode=rc, restart_in_s=delay)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
-        except TimeoutError:
-            pass
         delay = min(delay * 2, 30.0)
 
 

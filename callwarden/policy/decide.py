@@ -128,9 +128,9 @@ def consent_basis(a: CallAttempt, f: Facts, r: Rules, purpose: str) -> tuple[int
     for consent in f.consents:
         if consent.valid_at(a.at) and consent.scopes & wanted:
             return consent.id, "consent"
-    if "callback" in wanted and f.last_inbound_at is not None:
-        if dt.timedelta(0) <= a.at - f.last_inbound_at <= r.callback_window:
-            return None, "inbound-callback"
+    last = f.last_inbound_at
+    if "callback" in wanted and last is not None and dt.timedelta(0) <= a.at - last <= r.callback_window:
+        return None, "inbound-callback"
     return None, None
 
 

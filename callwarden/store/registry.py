@@ -295,8 +295,11 @@ class Registry:
         verdict = classify_text(e.id, e.description, e.script)
         status = e.status
         text_same = existing is not None and (existing.description, existing.script) == (e.description, e.script)
-        if verdict.marketing and status == "approved" and not (text_same and existing.status == "approved"):
+        reviewed = text_same and existing.status in ("approved", "rejected")
+        if verdict.marketing and status in ("pending", "approved") and not reviewed:
             status = "review"  # reads as marketing: a person must look at it first
+        elif reviewed and status in ("pending", "approved"):
+            status = existing.status  # a reviewer's verdict on unchanged text stands
         values = {"purpose": e.purpose, "description": e.description, "script": e.script,
                   "status": status, "classifier_matches": ",".join(verdict.matches) or None}
         return self._upsert("campaigns", Campaign(tenant_id=e.tenant, id=e.id), existing, values,
