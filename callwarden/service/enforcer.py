@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,6 +31,11 @@ from callwarden.store.facts import GLOBAL, load_facts
 from callwarden.store.models import Call, Recording, Refusal, utcnow
 
 log = get_logger("callwarden.decision")
+
+_INSERT_CALL = insert(Call)
+_INSERT_RECORDING = insert(Recording).returning(Recording.id)
+_LINK_RECORDING = (update(Call).where(Call.call_id == bindparam("cid"))
+                   .values(recording_id=bindparam("rid")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,38 +123,40 @@ class Enforcer:
         return outcome
 
     def _decide_durably(self, attempt: CallAttempt, call_id: str, started: float) -> Outcome:
+        # Core statements, not ORM units: this is the per-call hot path.
         with unit_of_work(self.sessions) as session:
             d = decide(attempt, load_facts(session, attempt, self.rules), self.rules)
             observe = self.settings.mode == "observe"
-            relpath = None
-            caller, callee = attempt.caller_number, attempt.callee_number
-            call = Call(
-                call_id=call_id, tenant_id=attempt.tenant, direction="outbound", pbx=attempt.pbx,
-                pbx_call_id=attempt.pbx_call_id, channel=attempt.channel,
-                caller=_digits(caller, attempt.caller), callee=_digits(callee, attempt.callee),
-                party=callee.digits if callee else None, caller_hidden=attempt.hidden,
-                trunk=attempt.trunk, campaign=attempt.campaign, purpose=d.purpose,
-                attempted_at=attempt.at, decision=d.decision, reasons=",".join(d.codes),
-                enforced=not observe, consent_id=d.consent_id, consent_basis=d.consent_basis,
-            )
-            session.add(call)
             let_through = d.allowed or observe
+            caller, callee = attempt.caller_number, attempt.callee_number
+            row = {
+                "call_id": call_id, "tenant_id": attempt.tenant, "direction": "outbound",
+                "pbx": attempt.pbx, "pbx_call_id": attempt.pbx_call_id, "channel": attempt.channel,
+                "caller": _digits(caller, attempt.caller), "callee": _digits(callee, attempt.callee),
+                "party": callee.digits if callee else None, "caller_hidden": attempt.hidden,
+                "trunk": attempt.trunk, "campaign": attempt.campaign, "purpose": d.purpose,
+                "attempted_at": attempt.at, "decision": d.decision, "reasons": ",".join(d.codes),
+                "enforced": not observe, "consent_id": d.consent_id, "consent_basis": d.consent_basis,
+                "recording_id": None, "latency_ms": round((time.monotonic() - started) * 1000, 3),
+            }
+            conn = session.connection()
+            conn.execute(_INSERT_CALL, row)
+            relpath = None
             if let_through:
                 relpath = recording_relpath(attempt.tenant or "_unknown", call_id, attempt.at)
-                rec = Recording(call_id=call_id, tenant_id=attempt.tenant, status="recording",
-                                spool_path=str(spool_path(self.recording_dir, relpath)),
-                                started_at=attempt.at)
-                session.add(rec)
-                session.flush()
-                call.recording_id = rec.id
+                rec_id = conn.execute(_INSERT_RECORDING, {
+                    "call_id": call_id, "tenant_id": attempt.tenant, "status": "recording",
+                    "spool_path": str(spool_path(self.recording_dir, relpath)),
+                    "started_at": attempt.at, "encrypted": False, "legal_hold": False,
+                }).scalar_one()
+                conn.execute(_LINK_RECORDING, {"cid": call_id, "rid": rec_id})
             audit.append(session, "pbx:" + attempt.pbx, "decision", call_id, {
-                "tenant": attempt.tenant, "caller": call.caller, "callee": call.callee,
+                "tenant": attempt.tenant, "caller": row["caller"], "callee": row["callee"],
                 "hidden": attempt.hidden, "trunk": attempt.trunk, "campaign": attempt.campaign,
                 "purpose": d.purpose, "decision": d.decision, "reasons": list(d.codes),
                 "consent_id": d.consent_id, "consent_basis": d.consent_basis,
                 "mode": self.settings.mode, "pbx_call_id": attempt.pbx_call_id,
             })
-            call.latency_ms = round((time.monotonic() - started) * 1000, 3)
             if time.monotonic() > started + self.timeout_s:
                 # The adapter has given up waiting and denied: this must not land as an allow.
                 raise StoreUnavailable("decision deadline passed before commit")
@@ -272,3 +279,143 @@ class Enforcer:
 
     def now(self) -> dt.datetime:
         return utcnow()
+
+    # -- added for the asyncio adapters (Asterisk FastAGI + AMI, issue 3) --------------------
+
+    def decide_since(self, attempt: CallAttempt, started: float, route: str = "outbound") -> Outcome:
+        """:meth:`decide`, with the deadline counted from ``started`` (``time.monotonic()`` when
+        the adapter queued the call) rather than from when a worker thread picked it up: a
+        decision that waited in a thread-pool queue cannot commit after the adapter gave up."""
+        call_id = uuid.uuid4().hex
+        try:
+            outcome = self._decide_durably(attempt, call_id, started)
+        except (SQLAlchemyError, StoreUnavailable) as exc:
+            outcome = Outcome(call_id, denial("POLICY_UNAVAILABLE"), let_through=False)
+            log.error("store_unavailable", route=route, call_id=call_id, tenant=attempt.tenant,
+                      error=type(exc).__name__, detail=(str(exc).splitlines() or [""])[0][:200],
+                      action="outbound call denied (fail closed)")
+        d = outcome.decision
+        log.info("decision", route=route, call_id=call_id, pbx=attempt.pbx,
+                 pbx_call_id=attempt.pbx_call_id, tenant=attempt.tenant,
+                 caller=mask_raw(attempt.caller), callee=mask_raw(attempt.callee),
+                 decision=d.decision, reasons=list(d.codes), let_through=outcome.let_through,
+                 mode=self.settings.mode, latency_ms=round((time.monotonic() - started) * 1000, 2))
+        return outcome
+
+    def decision_abandoned(self, call_id: str) -> None:
+        """The adapter stopped waiting and denied the call (POLICY_UNAVAILABLE), yet this
+        decision committed (its commit outlasted the deadline): make the CDR say what the PBX
+        was told, so no stored allow stands for a call that was hung up."""
+        with unit_of_work(self.sessions) as session:
+            call = session.get(Call, call_id)
+            if call is None:
+                return
+            codes = tuple(call.reason_codes) + ("POLICY_UNAVAILABLE",)
+            call.decision, call.reasons = "deny", ",".join(r.code for r in ordered(codes))
+            if call.recording_id is not None:
+                rec = session.get(Recording, call.recording_id)
+                if rec is not None and rec.status == "recording":
+                    rec.status, rec.error = "failed", "decision abandoned: the call was denied"
+            audit.append(session, "pbx:" + call.pbx, "decision_abandoned", call_id,
+                         {"reasons": call.reason_codes})
+        log.warning("decision_abandoned", call_id=call_id)
+
+    def start_recording(self, call_id: str) -> str:
+        """Give a logged call a recording (inbound calls with ``recording.record_inbound``);
+        returns the relative path the PBX records to (see ``recorder.naming.spool_path``).
+        Calling it again returns the same path."""
+        with unit_of_work(self.sessions) as session:
+            call = session.get(Call, call_id)
+            if call is None:
+                raise KeyError("unknown call id")
+            relpath = recording_relpath(call.tenant_id or "_unknown", call_id, call.attempted_at)
+            if call.recording_id is None:
+                rec = Recording(call_id=call_id, tenant_id=call.tenant_id, status="recording",
+                                spool_path=str(spool_path(self.recording_dir, relpath)),
+                                started_at=call.attempted_at)
+                session.add(rec)
+                session.flush()
+                call.recording_id = rec.id
+                audit.append(session, "pbx:" + call.pbx, "recording_started", call_id,
+                             {"direction": call.direction})
+        return relpath
+
+    def recording_not_started(self, call_id: str, error: str) -> None:
+        """An optional recording (inbound) could not start: mark it failed and audit it. Unlike
+        :meth:`recording_failed`, the call's decision stands (inbound calls are not blocked)."""
+        with unit_of_work(self.sessions) as session:
+            call = session.get(Call, call_id)
+            if call is None or call.recording_id is None:
+                return
+            rec = session.get(Recording, call.recording_id)
+            if rec is not None:
+                rec.status, rec.error = "failed", error[:500]
+            audit.append(session, "pbx:" + call.pbx, "recording_failed", call_id,
+                         {"error": error[:500], "direction": call.direction})
+        log.warning("recording_not_started", call_id=call_id, error=error[:200])
+
+    def finalize_recording(self, call_id: str):  # -> FinalizedRecording | None
+        """Move an ended call's recording from the spool into storage (size, sha256, duration;
+        kept until the call's end + ``retention.recordings_days``) and record where it went.
+
+        A missing or empty file marks the recording failed and flags the CDR with
+        RECORDING_UNAVAILABLE (the decision stays as it was): an allowed call whose recording
+        never arrived is something an auditor must find. Recordings not in ``recording``
+        state are left alone, so calling it twice is harmless.
+        """
+        import datetime as _dt
+
+        from callwarden.recorder import RecordingError, finalize
+        from callwarden.recorder.naming import SPOOL_DIRNAME
+
+        with self.sessions() as session:
+            call = session.get(Call, call_id)
+            rec = session.get(Recording, call.recording_id) if call and call.recording_id else None
+            if call is None or rec is None or rec.status != "recording" or not rec.spool_path:
+                return None
+            rec_id, src, pbx = rec.id, rec.spool_path, call.pbx
+            ended = call.ended_at or utcnow()
+        retain_until = ended + _dt.timedelta(days=self.settings.retention.recordings_days)
+        try:
+            relpath = Path(src).relative_to(self.recording_dir / SPOOL_DIRNAME).as_posix()
+            storage, key = self._recording_target()
+            stored = finalize(src, storage=storage, relpath=relpath, retain_until=retain_until,
+                              key=key)
+        except (RecordingError, ValueError) as exc:
+            reason = getattr(exc, "reason", "storage_error")
+            with unit_of_work(self.sessions) as session:
+                rec, call = session.get(Recording, rec_id), session.get(Call, call_id)
+                rec.status, rec.error = "failed", f"{reason}: {exc}"[:500]
+                codes = tuple(call.reason_codes) + ("RECORDING_UNAVAILABLE",)
+                call.reasons = ",".join(r.code for r in ordered(codes))
+                audit.append(session, "pbx:" + pbx, "recording_failed", call_id,
+                             {"reason": reason, "error": str(exc)[:500]})
+            log.error("recording_finalize_failed", call_id=call_id, reason=reason,
+                      detail=str(exc)[:200])
+            return None
+        with unit_of_work(self.sessions) as session:
+            rec = session.get(Recording, rec_id)
+            rec.status, rec.location, rec.sha256, rec.size = "stored", stored.location, stored.sha256, stored.size
+            rec.duration_s, rec.encrypted, rec.key_id = stored.duration_s, stored.encrypted, stored.key_id
+            rec.finalized_at, rec.retain_until = utcnow(), retain_until
+            audit.append(session, "pbx:" + pbx, "recording_stored", call_id, {
+                "location": stored.location, "sha256": stored.sha256, "size": stored.size,
+                "encrypted": stored.encrypted, "retain_until": retain_until})
+        log.info("recording_stored", call_id=call_id, size=stored.size, sha256=stored.sha256)
+        return stored
+
+    def _recording_target(self):  # -> tuple[Storage, Key | None], built once, on first use
+        """Storage and encryption key for recordings (S3 storage imports boto3: not before
+        a recording needs it)."""
+        target = self.__dict__.get("_recording_target_cache")
+        if target is None:
+            from callwarden.recorder import load_key, storage_from_config
+
+            enc = self.settings.recording.encryption
+            target = (
+                storage_from_config(self.settings.recording.storage.model_dump(),
+                                    recording_dir=self.settings.recording.dir),
+                load_key(key_file=enc.key_file, key_env=enc.key_env) if enc is not None else None,
+            )
+            self.__dict__["_recording_target_cache"] = target
+        return target

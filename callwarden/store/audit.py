@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from callwarden.store.models import AuditEntry, AuditHead, utcnow
@@ -29,26 +29,34 @@ def entry_hash(prev_hash: str, seq: int, at: dt.datetime, actor: str, action: st
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
+_HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+_INSERT_ENTRY = insert(AuditEntry)
+_MOVE_HEAD = update(AuditHead).where(AuditHead.id == 1)
+
+
 def append(session: Session, actor: str, action: str, subject: str | None = None,
-           details: dict[str, Any] | None = None, at: dt.datetime | None = None) -> AuditEntry:
-    """Add one entry at the end of the chain, inside the caller's transaction.
+           details: dict[str, Any] | None = None, at: dt.datetime | None = None) -> str:
+    """Add one entry at the end of the chain, inside the caller's transaction; returns its hash.
 
     The head row is locked (``FOR UPDATE`` on PostgreSQL; SQLite transactions are already
-    exclusive), so concurrent writers on several nodes append one after another.
+    exclusive), so concurrent writers on several nodes append one after another. Plain Core
+    statements: this runs inside every call decision.
     """
-    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one_or_none()
+    conn = session.connection()
+    head = conn.execute(_HEAD).one_or_none()
     if head is None:
-        head = AuditHead(id=1, seq=0, hash=GENESIS)
-        session.add(head)
+        conn.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS))
+        prev_seq, prev_hash = 0, GENESIS
+    else:
+        prev_seq, prev_hash = head
     at = (at or utcnow()).astimezone(dt.UTC)
     text = canonical(details or {})
-    seq = head.seq + 1
-    h = entry_hash(head.hash, seq, at, actor, action, subject, text)
-    entry = AuditEntry(seq=seq, at=at, actor=actor, action=action, subject=subject,
-                       details=text, prev_hash=head.hash, hash=h)
-    session.add(entry)
-    head.seq, head.hash = seq, h
-    return entry
+    seq = prev_seq + 1
+    h = entry_hash(prev_hash, seq, at, actor, action, subject, text)
+    conn.execute(_INSERT_ENTRY, {"seq": seq, "at": at, "actor": actor, "action": action,
+                                 "subject": subject, "details": text, "prev_hash": prev_hash, "hash": h})
+    conn.execute(_MOVE_HEAD, {"seq": seq, "hash": h})
+    return h
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,15 @@
-"""Read, in a handful of indexed lookups, every fact the decision core needs for one attempt."""
+"""Read every fact the decision core needs for one attempt, in two round trips.
+
+The statements are built once at import with bound parameters, so a decision pays neither for
+building SQL expressions nor for compiling them (SQLAlchemy's compiled cache), and every lookup
+inside them is an indexed one (primary key, unique number, or the calls' party index).
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import func, or_, select
+import datetime as dt
+
+from sqlalchemy import bindparam, exists, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from callwarden.policy import (
@@ -29,90 +36,103 @@ from callwarden.store.models import (
 GLOBAL = "*"
 
 
-def _number_facts(n: AccessNumber) -> NumberFacts:
-    return NumberFacts(n.number, n.tenant_id, n.outbound, bool(n.filing_ref), n.active)
+def _one(column, *where):  # type: ignore[no-untyped-def]
+    return select(column).where(*where).limit(1).scalar_subquery()
+
+
+_tenant = Tenant.id == bindparam("tenant")
+_number = AccessNumber.number == bindparam("caller")
+_trunk = Trunk.name == bindparam("trunk")
+_campaign = (Campaign.tenant_id == bindparam("tenant")) & (Campaign.id == bindparam("campaign"))
+_party = (Call.tenant_id == bindparam("tenant")) & (Call.party == bindparam("callee"))
+
+_FACTS = select(
+    _one(Tenant.status, _tenant).label("t_status"),
+    _one(Tenant.outbound_commitment, _tenant).label("t_commitment"),
+    _one(AccessNumber.tenant_id, _number).label("n_tenant"),
+    _one(AccessNumber.outbound, _number).label("n_outbound"),
+    _one(AccessNumber.filing_ref, _number).label("n_filing"),
+    _one(AccessNumber.active, _number).label("n_active"),
+    # a registered number that the caller ID extends (95512 -> 955121234) or truncates
+    _one(AccessNumber.number, or_(
+        AccessNumber.number.in_(bindparam("prefixes", expanding=True)),
+        (AccessNumber.number > bindparam("caller")) & (AccessNumber.number < bindparam("caller_hi")),
+    )).label("variant"),
+    _one(Trunk.tenant_id, _trunk).label("tr_tenant"),
+    _one(Trunk.verified, _trunk).label("tr_verified"),
+    _one(Trunk.proof_ref, _trunk).label("tr_proof"),
+    exists().where(ProofDocument.subject_kind == "trunk", ProofDocument.subject == bindparam("trunk"))
+    .label("tr_proof_doc"),
+    _one(Campaign.purpose, _campaign).label("c_purpose"),
+    _one(Campaign.status, _campaign).label("c_status"),
+    exists().where(Refusal.callee == bindparam("callee"),
+                   Refusal.tenant_id.in_([bindparam("tenant"), literal(GLOBAL)])).label("refused"),
+    select(func.max(Call.attempted_at)).where(
+        _party, Call.direction == "inbound",
+        Call.attempted_at >= bindparam("since_inbound"), Call.attempted_at <= bindparam("at"),
+    ).scalar_subquery().label("last_inbound"),
+    # the calendar day always lies inside the rolling week: one index range serves both counts
+    select(func.count().filter(Call.attempted_at >= bindparam("since_day"))).where(
+        _party, Call.direction == "outbound", Call.decision == "allow",
+        Call.attempted_at >= bindparam("since_week"), Call.attempted_at <= bindparam("at"),
+    ).scalar_subquery().label("today"),
+    select(func.count()).where(
+        _party, Call.direction == "outbound", Call.decision == "allow",
+        Call.attempted_at >= bindparam("since_week"), Call.attempted_at <= bindparam("at"),
+    ).scalar_subquery().label("week"),
+)
+
+_CONSENTS = select(
+    Consent.id, Consent.scopes, Consent.obtained_at, Consent.expires_at, Consent.revoked_at,
+).where(Consent.tenant_id == bindparam("tenant"), Consent.callee == bindparam("callee"))
 
 
 def load_facts(session: Session, attempt: CallAttempt, rules: Rules) -> Facts:
+    """All facts for ``attempt`` (absent inputs simply match nothing)."""
     tenant_id = attempt.tenant or ""
-    tenant = session.get(Tenant, tenant_id) if tenant_id else None
     caller = attempt.caller_number
     callee = attempt.callee_number
-
-    number = variant = None
-    if caller is not None:
-        exact = session.scalar(select(AccessNumber).where(AccessNumber.number == caller.digits))
-        if exact is not None:
-            number = _number_facts(exact)
-        else:
-            variant = _length_variant(session, caller.digits)
-
-    trunk = None
-    if attempt.trunk:
-        t = session.get(Trunk, attempt.trunk)
-        if t is not None:
-            has_proof = bool(t.proof_ref) or session.scalar(
-                select(func.count()).select_from(ProofDocument).where(
-                    ProofDocument.subject_kind == "trunk", ProofDocument.subject == t.name)
-            ) > 0
-            trunk = TrunkFacts(t.name, t.tenant_id, t.verified, has_proof)
-
-    campaign = None
-    if attempt.campaign and tenant_id:
-        c = session.get(Campaign, (tenant_id, attempt.campaign))
-        if c is not None:
-            campaign = CampaignFacts(c.id, c.tenant_id, c.purpose, c.status)
-
+    caller_digits = caller.digits if caller else ""
+    callee_digits = callee.digits if callee else ""
+    params = {
+        "tenant": tenant_id, "caller": caller_digits, "caller_hi": caller_digits + ":" if caller else "",
+        "prefixes": [caller_digits[:i] for i in range(3, len(caller_digits))] or [""],
+        "trunk": attempt.trunk or "", "campaign": attempt.campaign or "", "callee": callee_digits,
+        "at": attempt.at, "since_inbound": attempt.at - rules.callback_window,
+        "since_day": rules.day_start(attempt.at), "since_week": rules.week_start(attempt.at),
+    }
+    conn = session.connection()
+    row = conn.execute(_FACTS, params).one()
     consents: tuple[ConsentFacts, ...] = ()
-    refused = False
-    last_inbound = None
-    today = week = 0
     if callee is not None and tenant_id:
         consents = tuple(
-            ConsentFacts(c.id, frozenset(c.scopes.split(",")), c.obtained_at, c.expires_at,
-                         c.revoked_at is not None)
-            for c in session.scalars(select(Consent).where(
-                Consent.tenant_id == tenant_id, Consent.callee == callee.digits))
+            ConsentFacts(cid, frozenset(scopes.split(",")), obtained, expires, revoked is not None)
+            for cid, scopes, obtained, expires, revoked in conn.execute(_CONSENTS, params)
         )
-        refused = session.scalar(select(Refusal.id).where(
-            Refusal.callee == callee.digits, or_(Refusal.tenant_id == tenant_id, Refusal.tenant_id == GLOBAL)
-        ).limit(1)) is not None
-        last_inbound = session.scalar(select(func.max(Call.attempted_at)).where(
-            Call.tenant_id == tenant_id, Call.party == callee.digits, Call.direction == "inbound",
-            Call.attempted_at >= attempt.at - rules.callback_window, Call.attempted_at <= attempt.at))
-        # the calendar day always lies inside the rolling week, so one scan counts both
-        since_day, since_week = rules.day_start(attempt.at), rules.week_start(attempt.at)
-        row = session.execute(select(
-            func.count().filter(Call.attempted_at >= since_day),
-            func.count(),
-        ).where(
-            Call.tenant_id == tenant_id, Call.party == callee.digits, Call.direction == "outbound",
-            Call.attempted_at >= since_week, Call.attempted_at <= attempt.at,
-            Call.decision == "allow",
-        )).one()
-        today, week = row[0], row[1]
-
+    number = variant = None
+    if row.n_tenant is not None:
+        number = NumberFacts(caller_digits, row.n_tenant, bool(row.n_outbound), bool(row.n_filing),
+                             bool(row.n_active))
+    elif row.variant is not None:
+        variant = NumberFacts(row.variant, "", False, False, False)
     return Facts(
-        tenant=TenantFacts(tenant.id, tenant.status, bool(tenant.outbound_commitment)) if tenant else None,
+        tenant=TenantFacts(tenant_id, row.t_status, bool(row.t_commitment)) if row.t_status else None,
         caller_number=number,
         length_variant_of=variant,
-        trunk=trunk,
-        campaign=campaign,
+        trunk=TrunkFacts(attempt.trunk, row.tr_tenant, bool(row.tr_verified),
+                         bool(row.tr_proof) or bool(row.tr_proof_doc)) if row.tr_tenant else None,
+        campaign=CampaignFacts(attempt.campaign, tenant_id, row.c_purpose, row.c_status)
+        if row.c_status else None,
         consents=consents,
-        last_inbound_at=last_inbound,
-        refused=refused,
-        attempts_today=today,
-        attempts_week=week,
+        last_inbound_at=_aware(row.last_inbound),
+        refused=bool(row.refused),
+        attempts_today=row.today or 0,
+        attempts_week=row.week or 0,
     )
 
 
-def _length_variant(session: Session, digits: str) -> NumberFacts | None:
-    """A registered number that ``digits`` extends (95512 -> 955121234) or truncates."""
-    prefixes = [digits[:i] for i in range(3, len(digits))]
-    q = select(AccessNumber).where(or_(
-        AccessNumber.number.in_(prefixes),
-        # registered numbers that start with digits: a range scan on the unique index
-        (AccessNumber.number > digits) & (AccessNumber.number < digits + ":"),
-    )).limit(1)
-    found = session.scalar(q)
-    return _number_facts(found) if found is not None else None
+def _aware(t: dt.datetime | None) -> dt.datetime | None:
+    """max() over a UTC column comes back naive from SQLite on some versions."""
+    if t is not None and t.tzinfo is None:
+        return t.replace(tzinfo=dt.UTC)
+    return t
