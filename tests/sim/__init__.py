@@ -1,0 +1,1 @@
+"""Protocol simulators used by callwarden's tests (see tests/sim/asterisk.py)."""
