@@ -180,7 +180,7 @@ def mask(digits: str | None, kind: NumberKind | None = None) -> str:
 
 def mask_raw(raw: str | None) -> str:
     """Mask a number as received from a PBX (normalizing first when possible)."""
-    if raw is None:
-        return ""
+    if is_hidden(raw):
+        return "(hidden)"
     number = try_normalize(raw)
     return number.masked() if number else mask(re.sub(r"\D", "", raw) or "?", NumberKind.OTHER)

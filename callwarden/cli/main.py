@@ -6,9 +6,10 @@ import getpass
 import os
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from callwarden import __version__
-from callwarden.cli import admin, audit_cmd, check, db, registry_cmd, serve
+from callwarden.cli import admin, audit_cmd, check, db, registry_cmd, report_cmd, serve
 from callwarden.cli.app import App
 
 
@@ -25,12 +26,20 @@ def cli(ctx: click.Context, config_path: str | None, actor: str) -> None:
     ctx.obj = App(config_path, actor)
 
 
-for module in (db, registry_cmd, admin, check, audit_cmd, serve):
+for module in (db, registry_cmd, admin, check, audit_cmd, report_cmd, serve):
     module.register(cli)
 
 
 def main() -> None:
-    cli(prog_name="callwarden")
+    try:
+        cli(prog_name="callwarden")
+    except SQLAlchemyError as exc:
+        # No traceback for an operator: say what failed and what to try.
+        first = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:300]
+        click.echo(f"error: the store failed: {type(exc).__name__}: {first}\n"
+                   "  check store.url, that the database is reachable, and run `callwarden db upgrade`",
+                   err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
