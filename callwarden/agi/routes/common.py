@@ -1,0 +1,64 @@
+"""Steps the routes share: reading channel variables, caller-ID presentation, MixMonitor."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from callwarden.agi.presentation import is_hidden_presentation
+from callwarden.agi.routes.registry import RouteContext
+from callwarden.agi.session import AgiSession
+from callwarden.recorder.naming import spool_path
+
+#: What a MixMonitor file name may contain. MixMonitor's argument is comma-separated and its
+#: third field is a shell command run after the recording: a tenant id (it comes from the
+#: dialplan) must never be able to smuggle one in.
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/@+=~-]+", re.ASCII)
+
+
+async def read_variables(session: AgiSession, *names: str) -> dict[str, str | None]:
+    """Channel variables by name; unset and empty both read as None."""
+    return {name: (await session.get_variable(name)) or None for name in names}
+
+
+async def caller_hidden(session: AgiSession) -> bool:
+    """Presentation restricted or unavailable, by ``CALLERPRES()`` now or at AGI start."""
+    pres = await session.get_variable("CALLERPRES()")
+    return is_hidden_presentation(pres) or is_hidden_presentation(session.env("agi_callingpres"))
+
+
+def mixmonitor_file(ctx: RouteContext, relpath: str) -> str:
+    """Absolute path of the live recording as Asterisk must write it."""
+    return str(spool_path(ctx.mixmonitor_dir, relpath))
+
+
+async def start_mixmonitor(session: AgiSession, path: str) -> str | None:
+    """Start recording the channel into ``path``. Returns None on success, else why not.
+
+    Success means all of: the path is safe to hand to MixMonitor, ``EXEC MixMonitor``
+    answered ``200 result=0``, and ``MIXMONITOR_FILENAME`` now names our file (a stale value
+    from an earlier MixMonitor on the channel does not count).
+    """
+    if not _SAFE_PATH.fullmatch(path) or "/../" in path:
+        return "recording path has characters MixMonitor cannot take safely"
+    if session.hung_up:
+        return "channel hung up before the recording could start"
+    reply = await session.exec_app("MixMonitor", path)
+    if session.hung_up:  # Asterisk said HANGUP while we waited: the call cannot go out now
+        return "channel hung up before the recording could start"
+    if not reply.ok:
+        return f"EXEC MixMonitor answered {reply.code}"
+    if reply.result == -2:
+        return "MixMonitor application is not loaded (app_mixmonitor)"
+    if reply.result != 0:
+        return f"MixMonitor failed (result={reply.result})"
+    filename = await session.get_variable("MIXMONITOR_FILENAME")
+    if filename is None or Path(filename) != Path(path):
+        return "MIXMONITOR_FILENAME does not name the requested file"
+    return None
+
+
+async def publish(session: AgiSession, variables: list[tuple[str, str]]) -> None:
+    """Set channel variables in order (the dialplan reads them after the AGI returns)."""
+    for name, value in variables:
+        await session.set_variable(name, value)

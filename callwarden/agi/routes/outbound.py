@@ -1,0 +1,108 @@
+"""``agi://host:port/outbound``: decide an outbound call, record it, or hang it up.
+
+Dialplan: ``AGI(agi://127.0.0.1:4573/outbound,<callee>)`` (callee defaults to ${EXTEN}) with
+CALLWARDEN_TENANT, CALLWARDEN_TRUNK, CALLWARDEN_CAMPAIGN, CALLWARDEN_PURPOSE set on the channel.
+Sets CALLWARDEN_DECISION (allow|deny, as stored), CALLWARDEN_REASONS (codes, comma-separated),
+CALLWARDEN_CALL_ID, CALLWARDEN_ENFORCED (no = a deny let through by observe mode) and, on deny,
+CALLWARDEN_HANGUPCAUSE. A call that is not let through is hung up here, with the decision's
+Q.850 cause, so a dialplan mistake cannot dial it anyway.
+"""
+
+from __future__ import annotations
+
+from callwarden.agi.callbook import TrackedCall
+from callwarden.agi.routes.common import (
+    caller_hidden,
+    mixmonitor_file,
+    publish,
+    read_variables,
+    start_mixmonitor,
+)
+from callwarden.agi.routes.registry import CallReport, RouteContext, register
+from callwarden.agi.session import AgiSession
+from callwarden.log import get_logger
+from callwarden.policy import CallAttempt, Decision, denial
+
+log = get_logger("callwarden.agi")
+
+VARIABLES = ("CALLWARDEN_TENANT", "CALLWARDEN_TRUNK", "CALLWARDEN_CAMPAIGN", "CALLWARDEN_PURPOSE")
+_POLICY_UNAVAILABLE = denial("POLICY_UNAVAILABLE")
+
+
+@register("outbound", hangup_on_failure=True, failure_variables=(
+    ("CALLWARDEN_DECISION", "deny"), ("CALLWARDEN_REASONS", "POLICY_UNAVAILABLE"),
+    ("CALLWARDEN_ENFORCED", "yes"),
+    ("CALLWARDEN_HANGUPCAUSE", str(_POLICY_UNAVAILABLE.hangup_cause_code)),
+))
+async def outbound(session: AgiSession, ctx: RouteContext, report: CallReport) -> None:
+    values = await read_variables(session, *VARIABLES, "CALLERID(num)")
+    hidden = await caller_hidden(session)
+    report.tenant = values["CALLWARDEN_TENANT"]
+    report.caller = values["CALLERID(num)"]
+    report.callee = session.arg(1) or session.env("agi_extension")
+    if session.hung_up:
+        report.notes.append("caller hung up before the decision")
+        return
+    attempt = CallAttempt(
+        tenant=report.tenant, caller=report.caller, callee=report.callee, at=ctx.clock(),
+        caller_hidden=hidden, trunk=values["CALLWARDEN_TRUNK"],
+        campaign=values["CALLWARDEN_CAMPAIGN"], purpose=values["CALLWARDEN_PURPOSE"],
+        pbx=ctx.pbx, pbx_call_id=session.uniqueid, channel=session.channel,
+    )
+    result = await ctx.gate.decide(attempt)
+    decision, let_through, call_id = result.decision, result.let_through, result.call_id
+    report.decision_ms = result.latency_ms
+
+    recorded = False
+    if let_through and result.outcome is not None and result.outcome.recording_relpath:
+        error = await start_mixmonitor(session, mixmonitor_file(ctx, result.outcome.recording_relpath))
+        if error is None:
+            recorded, report.recording = True, "started"
+        else:
+            report.recording, report.notes = "failed", [*report.notes, error]
+            decision, let_through = await _recording_failed(ctx, call_id, error)
+
+    report.decision, report.reasons = decision.decision, decision.codes
+    report.call_id, report.let_through = call_id, let_through
+    if call_id and ctx.book is not None and session.uniqueid:
+        ctx.book.add(_tracked(session, call_id, decision, attempt, recorded))
+
+    variables = [("CALLWARDEN_DECISION", decision.decision),
+                 ("CALLWARDEN_REASONS", ",".join(decision.codes)),
+                 ("CALLWARDEN_CALL_ID", call_id or ""),
+                 ("CALLWARDEN_ENFORCED", "no" if let_through and not decision.allowed else "yes")]
+    if not decision.allowed:
+        variables.append(("CALLWARDEN_HANGUPCAUSE", str(decision.hangup_cause_code)))
+    await publish(session, variables)
+    if not let_through and not session.hung_up:
+        report.hung_up = await session.hangup_with_cause(decision.hangup_cause_code or 21)
+
+
+async def _recording_failed(ctx: RouteContext, call_id: str | None, error: str) -> tuple[Decision, bool]:
+    """Turn the call into a RECORDING_UNAVAILABLE deny; if even that cannot be stored, the
+    deny stands without it (fail closed: no unrecorded outbound call)."""
+    if call_id is not None:
+        try:
+            outcome = await ctx.gate.call(ctx.gate.enforcer.recording_failed, call_id, error,
+                                          timeout=ctx.store_timeout_s)
+            return outcome.decision, outcome.let_through
+        except Exception as exc:  # store trouble: deny without storing it
+            log.error("recording_failure_unrecorded", call_id=call_id, error=type(exc).__name__,
+                      action="denied RECORDING_UNAVAILABLE without storing it")
+    return denial("RECORDING_UNAVAILABLE"), False
+
+
+def _tracked(session: AgiSession, call_id: str, decision: Decision, attempt: CallAttempt,
+             recorded: bool) -> TrackedCall:
+    caller = attempt.caller_number
+    try:
+        priority = int(session.headers.get("agi_priority", ""))
+    except ValueError:
+        priority = None
+    return TrackedCall(
+        uniqueid=session.uniqueid or "", call_id=call_id, direction="outbound",
+        channel=session.channel, watch_cid=decision.allowed,
+        decided_caller=caller.digits if caller else None,
+        agi_context=session.env("agi_context"), agi_exten=session.env("agi_extension"),
+        agi_priority=priority, has_recording=recorded,
+    )

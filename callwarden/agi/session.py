@@ -1,0 +1,133 @@
+"""One FastAGI conversation: panoramisk's ``Request`` with a reply reader that cannot desync.
+
+panoramisk's ``Request.send_command`` reads one line per command with no timeout, reads a single
+extra line for a multi-line ``520`` usage error (Asterisk sends several), and returns the
+unsolicited ``HANGUP`` line as if it were the reply, after which every later reply is off by
+one. This subclass keeps panoramisk's request object (headers, reader, writer) and replaces the
+command round trip: one bounded read per line, ``HANGUP`` noted and skipped, ``100 Trying``
+skipped, ``520-`` read to its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from panoramisk.fast_agi import Request
+
+from callwarden.agi.wire import (
+    MAX_USAGE_LINES,
+    AgiProtocolError,
+    AgiReply,
+    parse_reply_line,
+    quote,
+    read_line,
+)
+
+
+class AgiSession(Request):
+    """Commands to Asterisk over one FastAGI connection, each bounded by ``command_timeout``."""
+
+    def __init__(self, app: object, headers: Mapping[str, str], reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, *, command_timeout: float):
+        super().__init__(app, dict(headers), reader, writer, encoding="utf-8")
+        self.command_timeout = command_timeout
+        self.hung_up = False  # Asterisk said HANGUP: the channel is gone, the socket is not
+        self.commands = 0
+
+    # -- environment ---------------------------------------------------------------------
+
+    def env(self, name: str) -> str | None:
+        """An ``agi_*`` value, None when absent or one of Asterisk's placeholders."""
+        value = self.headers.get(name)
+        if value is None or value in ("", "unknown"):
+            return None
+        return value
+
+    @property
+    def route_name(self) -> str | None:
+        """The route in ``agi://host:port/<route>?query``: path without query or slashes."""
+        script = self.headers.get("agi_network_script")
+        if script is None:
+            return None
+        return script.split("?", 1)[0].strip("/") or None
+
+    @property
+    def uniqueid(self) -> str | None:
+        return self.env("agi_uniqueid")
+
+    @property
+    def channel(self) -> str | None:
+        return self.env("agi_channel")
+
+    def arg(self, n: int) -> str | None:
+        """The n-th AGI argument (1-based), None when absent or empty."""
+        value = self.headers.get(f"agi_arg_{n}")
+        if value is None:
+            return None
+        return value.strip() or None
+
+    # -- commands ------------------------------------------------------------------------
+
+    async def send_command(self, command: str) -> AgiReply:  # type: ignore[override]
+        """Send one command line and return its reply."""
+        if "\n" in command or "\r" in command:
+            raise ValueError("an AGI command is one line")
+        self.writer.write(command.encode("utf-8") + b"\n")
+        async with asyncio.timeout(self.command_timeout):
+            await self.writer.drain()
+            self.commands += 1
+            return await self._read_reply()
+
+    async def _read_reply(self) -> AgiReply:
+        """Lines until the reply; send_command's timeout bounds the whole wait."""
+        while True:
+            line = self._text(await read_line(self.reader, None))
+            if line == "HANGUP":
+                self.hung_up = True
+                continue
+            if line.startswith("100 "):
+                continue
+            reply = parse_reply_line(line)
+            if line.startswith("520-"):
+                await self._skip_usage()
+            return reply
+
+    async def _skip_usage(self) -> None:
+        for _ in range(MAX_USAGE_LINES):
+            if self._text(await read_line(self.reader, None)).startswith("520 "):
+                return
+        raise AgiProtocolError("520 usage message without an end line")
+
+    @staticmethod
+    def _text(raw: bytes) -> str:
+        try:
+            return raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            raise AgiProtocolError("reply is not UTF-8 text") from None
+
+    async def get_variable(self, name: str) -> str | None:
+        """A channel variable or function value; None when unset (``200 result=0``)."""
+        reply = await self.send_command(f"GET VARIABLE {name}")
+        if reply.ok and reply.result == 1:
+            return reply.data if reply.data is not None else ""
+        return None
+
+    async def set_variable(self, name: str, value: str) -> AgiReply:
+        return await self.send_command(f"SET VARIABLE {name} {quote(value)}")
+
+    async def exec_app(self, app: str, data: str | None = None) -> AgiReply:
+        """``EXEC app data``: ``200 result=-2`` means no such application."""
+        return await self.send_command(f"EXEC {app}" + (f" {quote(data)}" if data else ""))
+
+    async def hangup_with_cause(self, cause: int) -> bool:
+        """Hang the channel up with a Q.850 cause. ``EXEC Hangup <cause>`` sets the cause
+        (the ``HANGUP`` command cannot); ``HANGUP`` is the fallback if EXEC is refused.
+        True when Asterisk accepted either."""
+        reply = await self.exec_app("Hangup", str(int(cause)))
+        if reply.ok:
+            return True
+        if reply.dead_channel or self.hung_up:
+            return True  # already gone: nothing left to hang up
+        fallback = await self.send_command("HANGUP")
+        return fallback.ok or fallback.dead_channel

@@ -1,0 +1,121 @@
+"""Blocking enforcer calls, run off the event loop with bounded threads and hard deadlines.
+
+The enforcer's methods block on the store. The event loop that serves every FastAGI connection
+and the AMI stream must never wait on them, so they run in thread pools: a small one reserved
+for outbound decisions (call setup waits on these) and another for everything that happens
+after the decision (CDR completion, opt-outs), and a third for recording finalization (hashing and
+copying audio can take seconds), so neither a burst of hangups nor a large recording can delay
+a decision. Each call is bounded by a deadline; a decision that misses it is a
+POLICY_UNAVAILABLE deny (fail closed), and a decision still queued when the deadline passes is
+cancelled before it can run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal, TypeVar
+
+from callwarden.log import get_logger
+from callwarden.policy import CallAttempt, Decision, denial
+from callwarden.service.enforcer import Enforcer, Outcome
+
+log = get_logger("callwarden.agi")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionResult:
+    """What the outbound route acts on. ``outcome`` is None when the store did not answer in
+    time (then ``decision`` is the POLICY_UNAVAILABLE deny and nothing was stored)."""
+
+    outcome: Outcome | None
+    decision: Decision
+    latency_ms: float
+
+    @property
+    def let_through(self) -> bool:
+        return self.outcome.let_through if self.outcome is not None else False
+
+    @property
+    def call_id(self) -> str | None:
+        return self.outcome.call_id if self.outcome is not None else None
+
+
+class StoreGate:
+    """The adapter's only way to reach the enforcer."""
+
+    def __init__(self, enforcer: Enforcer, *, decision_timeout_s: float,
+                 decision_workers: int, background_workers: int = 4, recording_workers: int = 2):
+        self.enforcer = enforcer
+        self.decision_timeout_s = decision_timeout_s
+        self._decisions = concurrent.futures.ThreadPoolExecutor(
+            max_workers=decision_workers, thread_name_prefix="callwarden-decide")
+        self._background = concurrent.futures.ThreadPoolExecutor(
+            max_workers=background_workers, thread_name_prefix="callwarden-store")
+        self._recordings = concurrent.futures.ThreadPoolExecutor(
+            max_workers=recording_workers, thread_name_prefix="callwarden-recording")
+
+    async def decide(self, attempt: CallAttempt, route: str = "outbound") -> DecisionResult:
+        """Decide within ``decision_timeout_s``, counted from now (queueing included)."""
+        started = time.monotonic()
+        job = self._decisions.submit(self.enforcer.decide_since, attempt, started, route)
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(_wrap(job)), self.decision_timeout_s)
+        except TimeoutError:
+            if not job.cancel():  # already running: it may still commit after we gave up
+                job.add_done_callback(self._late_decision)
+            log.error("decision_timeout", route=route, tenant=attempt.tenant,
+                      pbx_call_id=attempt.pbx_call_id, timeout_ms=self.decision_timeout_s * 1000,
+                      action="outbound call denied POLICY_UNAVAILABLE (fail closed)")
+            return DecisionResult(None, denial("POLICY_UNAVAILABLE"), _ms_since(started))
+        return DecisionResult(outcome, outcome.decision, _ms_since(started))
+
+    def _late_decision(self, job: concurrent.futures.Future[Outcome]) -> None:
+        """A decision committed after the adapter had already denied: correct the record."""
+        if job.cancelled() or job.exception() is not None:
+            return
+        outcome = job.result()
+        if outcome.decision.allowed or outcome.let_through:
+            self._background.submit(self._abandon, outcome.call_id)
+
+    def _abandon(self, call_id: str) -> None:
+        try:
+            self.enforcer.decision_abandoned(call_id)
+        except Exception as exc:  # the store is in trouble; the call itself was denied
+            log.error("decision_abandon_failed", call_id=call_id, error=type(exc).__name__)
+
+    async def call(self, fn: Callable[..., T], *args: object, timeout: float,
+                   pool: Literal["background", "recordings"] = "background") -> T:
+        """Run a blocking enforcer call in a non-decision pool within ``timeout`` seconds.
+        Raises TimeoutError (the job is cancelled if it has not started)."""
+        executor = self._recordings if pool == "recordings" else self._background
+        job = executor.submit(partial(fn, *args))
+        try:
+            return await asyncio.wait_for(asyncio.shield(_wrap(job)), timeout)
+        except TimeoutError:
+            job.cancel()
+            raise
+
+    def close(self) -> None:
+        """Stop taking work; queued jobs are dropped, running ones finish in their threads."""
+        self._decisions.shutdown(wait=False, cancel_futures=True)
+        self._background.shutdown(wait=False, cancel_futures=True)
+        self._recordings.shutdown(wait=False, cancel_futures=True)
+
+
+def _wrap(job: concurrent.futures.Future[T]) -> asyncio.Future[T]:
+    """An awaitable for ``job`` whose late exception (after we stopped waiting) is consumed
+    instead of being reported as "never retrieved"."""
+    wrapped = asyncio.wrap_future(job)
+    wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return wrapped
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 2)

@@ -1,0 +1,139 @@
+"""The FastAGI wire format, parsed defensively: the environment block and command replies.
+
+Asterisk is trusted to speak AGI, but anything can connect to the port, so every reader here is
+bounded (bytes per line, lines per block, seconds per read) and turns malformed input into one
+exception type, :class:`AgiProtocolError`, that the server answers by dropping the connection.
+Facts from the captures in ``shared/traces/asterisk`` that shape this module:
+
+* the environment block can arrive in several TCP segments and ends with an empty line;
+* ``agi_network_script`` is the URL path *including* any ``?query``, absent without a path;
+* Asterisk writes an unsolicited ``HANGUP`` line when the channel hangs up, possibly between a
+  command and its reply; the reply still follows;
+* a ``520-`` usage error spans several lines and ends with a ``520 End of proper usage.`` line;
+* ``511`` answers commands that need a live channel after the channel hung up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+#: Longest line accepted from the peer (the real environment lines are under 200 bytes).
+MAX_LINE_BYTES = 4096
+#: Whole environment block (a real one is ~600 bytes; AGI arguments can add a few KiB).
+MAX_ENV_BYTES = 16384
+#: Lines in the environment block (25 in the captures with three arguments).
+MAX_ENV_LINES = 160
+#: Lines of a multi-line ``520-`` usage message before we call it garbage.
+MAX_USAGE_LINES = 64
+
+_ENV_LINE = re.compile(r"agi_[a-z0-9_]{1,40}: [^\x00-\x08\x0a-\x1f\x7f]*")
+_REPLY_200 = re.compile(r"200 result=(-?\d*)(?: (.*))?")
+_SAFE_VALUE = re.compile(r"[^\x00-\x1f\x7f\"\\]*")
+
+
+class AgiProtocolError(Exception):
+    """The peer sent something that is not FastAGI (message names the rule, not the bytes)."""
+
+
+class PeerGone(Exception):
+    """The peer closed the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgiReply:
+    """One parsed reply. ``result`` is None when the code is not 200 or the result is empty."""
+
+    code: int
+    result: int | None = None
+    data: str | None = None  # the text in parentheses, e.g. a variable's value
+    text: str = ""  # the whole first line, for logs
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 200
+
+    @property
+    def dead_channel(self) -> bool:
+        return self.code == 511
+
+
+async def read_line(reader: asyncio.StreamReader, timeout: float | None) -> bytes:
+    """One ``\\n``-terminated line (without it), within ``timeout`` seconds (None: the caller
+    bounds the wait) and MAX_LINE_BYTES."""
+    try:
+        async with asyncio.timeout(timeout):
+            line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise AgiProtocolError(f"connection closed inside a line ({len(exc.partial)} bytes)") from None
+        raise PeerGone("connection closed") from None
+    except asyncio.LimitOverrunError:
+        raise AgiProtocolError(f"line longer than {MAX_LINE_BYTES} bytes") from None
+    if len(line) > MAX_LINE_BYTES:
+        raise AgiProtocolError(f"line longer than {MAX_LINE_BYTES} bytes")
+    return line[:-1]
+
+
+def _decode(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AgiProtocolError(f"{what} is not UTF-8 text") from None
+
+
+async def read_environment(reader: asyncio.StreamReader, read_timeout: float) -> dict[str, str]:
+    """The ``agi_*: value`` block up to its empty line, validated line by line."""
+    env: dict[str, str] = {}
+    total = 0
+    while True:
+        try:
+            raw = await read_line(reader, read_timeout)
+        except TimeoutError:
+            what = "nothing" if total == 0 else f"an unfinished environment block ({total} bytes)"
+            raise AgiProtocolError(f"peer sent {what} within {read_timeout:g} s") from None
+        except PeerGone:
+            if total == 0:
+                raise
+            raise AgiProtocolError("connection closed inside the environment block") from None
+        total += len(raw) + 1
+        if total > MAX_ENV_BYTES:
+            raise AgiProtocolError(f"environment block longer than {MAX_ENV_BYTES} bytes")
+        if raw.endswith(b"\r"):  # tolerate CRLF peers; Asterisk itself sends bare LF
+            raw = raw[:-1]
+        if not raw:
+            if not env:
+                raise AgiProtocolError("empty environment block")
+            return env
+        line = _decode(raw, "environment line")
+        if not _ENV_LINE.fullmatch(line):
+            raise AgiProtocolError("environment line is not 'agi_<name>: <value>'")
+        if len(env) >= MAX_ENV_LINES:
+            raise AgiProtocolError(f"more than {MAX_ENV_LINES} environment lines")
+        key, value = line.split(": ", 1)
+        env[key] = value
+
+
+def parse_reply_line(line: str) -> AgiReply:
+    """Parse the first line of a reply (``HANGUP`` and ``520-`` continuation are handled by the
+    caller). Raises AgiProtocolError for lines that are not AGI replies."""
+    if line.startswith("200 "):
+        m = _REPLY_200.fullmatch(line)
+        if not m:
+            raise AgiProtocolError("malformed 200 reply")
+        result = int(m.group(1)) if m.group(1) not in ("", "-") else None
+        rest = (m.group(2) or "").strip()
+        data = rest[1:-1] if rest.startswith("(") and rest.endswith(")") else None
+        return AgiReply(200, result, data, line)
+    m = re.fullmatch(r"(\d{3})[ -].*|(\d{3})", line)
+    if not m:
+        raise AgiProtocolError("reply does not start with a 3-digit code")
+    return AgiReply(int(m.group(1) or m.group(2)), None, None, line)
+
+
+def quote(value: str) -> str:
+    """A command argument in double quotes; refuses what AGI cannot carry safely."""
+    if not _SAFE_VALUE.fullmatch(value):
+        raise ValueError("AGI argument contains a quote, backslash or control character")
+    return f'"{value}"'

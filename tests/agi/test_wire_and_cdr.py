@@ -1,0 +1,159 @@
+"""The pure parts, checked against the real Asterisk 22 captures in shared/traces/asterisk."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import datetime as dt
+import re
+
+import pytest
+
+from callwarden.agi.ami.cdr import cause_name, learn_offset, merge, read_master_csv, row_from_event
+from callwarden.agi.presentation import is_hidden_presentation
+from callwarden.agi.wire import (
+    MAX_ENV_BYTES,
+    AgiProtocolError,
+    PeerGone,
+    parse_reply_line,
+    quote,
+    read_environment,
+)
+from tests.conftest import TRACES
+
+ASTERISK = TRACES / "asterisk"
+UTC = dt.UTC
+
+
+def trace_chunks(name: str, direction: str) -> list[bytes]:
+    """Byte chunks of one direction ('<< RX' = Asterisk sent) of an AGI transcript."""
+    pattern = re.compile(rf"{re.escape(direction)}\s+\d+ bytes: (b'.*')$")
+    return [ast.literal_eval(m.group(1)) for line in (ASTERISK / name).read_text().splitlines()
+            if (m := pattern.search(line))]
+
+
+async def feed(*chunks: bytes, eof: bool = True) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader(limit=4097)
+    for chunk in chunks:
+        reader.feed_data(chunk)
+    if eof:
+        reader.feed_eof()
+    return reader
+
+
+def test_environment_block_of_every_capture_parses() -> None:
+    async def body() -> None:
+        for name in ("agi_outbound_full_session.txt", "agi_block_and_hangup.txt",
+                     "agi_url_without_path.txt", "agi_far_end_hangup_mid_session.txt"):
+            rx = trace_chunks(name, "<< RX")
+            env = await read_environment(await feed(rx[0], rx[1], eof=False), 1)
+            assert env["agi_network"] == "yes" and env["agi_accountcode"] == ""
+            if name == "agi_outbound_full_session.txt":
+                assert env["agi_network_script"] == "outbound?campaign=camp42&lead=7"
+                assert env["agi_arg_2"] == "arg two" and len(env) == 25
+            if name == "agi_url_without_path.txt":
+                assert "agi_network_script" not in env and len(env) == 21
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize("chunks, message", [
+    ((b"agi_network: yes\n",), "closed inside the environment block"),
+    ((b"agi_network: y",), "closed inside a line"),
+    ((b"\x00\xff\xfe\n",), "not UTF-8"),
+    ((b"GET / HTTP/1.1\n",), "not 'agi_<name>: <value>'"),
+    ((b"agi_x: \x1b[31m\n",), "not 'agi_<name>: <value>'"),
+    ((b"\n",), "empty environment block"),
+    ((b"agi_x: " + b"y" * 5000 + b"\n",), "longer than 4096"),
+    ((b"agi_x: y\n" * 2000,), f"longer than {MAX_ENV_BYTES}"),
+])
+def test_malformed_environment_is_refused(chunks: tuple[bytes, ...], message: str) -> None:
+    async def body() -> None:
+        with pytest.raises(AgiProtocolError, match=re.escape(message)):
+            await read_environment(await feed(*chunks), 1)
+
+    asyncio.run(body())
+
+
+def test_silence_and_immediate_close() -> None:
+    async def body() -> None:
+        with pytest.raises(AgiProtocolError, match="sent nothing within 0.05 s"):
+            await read_environment(await feed(eof=False), 0.05)
+        with pytest.raises(PeerGone):
+            await read_environment(await feed(), 1)
+
+    asyncio.run(body())
+
+
+def test_every_captured_reply_line_parses() -> None:
+    lines = [line for name in ASTERISK.glob("agi_*.txt")
+             for chunk in trace_chunks(name.name, "<< RX") if not chunk.startswith(b"agi_")
+             for line in chunk.decode().splitlines()]
+    firsts = [x for x in lines if re.match(r"\d{3}[ -]", x)]
+    assert len(firsts) > 40
+    for line in firsts:
+        assert parse_reply_line(line).code in (200, 510, 511, 520)
+    assert parse_reply_line("200 result=1 (checked ok: dnc=no tz=ok)").data == "checked ok: dnc=no tz=ok"
+    assert parse_reply_line('200 result=1 ("CW Test Caller" <15551230000>)').data == \
+        '"CW Test Caller" <15551230000>'
+    assert parse_reply_line("200 result=1 (hangup)").data == "hangup"  # a value, not a hangup
+    assert parse_reply_line("200 result=0").result == 0 and parse_reply_line("200 result=-2").result == -2
+    assert parse_reply_line("511 Command Not Permitted on a dead channel or intercept routine").dead_channel
+    with pytest.raises(AgiProtocolError):
+        parse_reply_line("HTTP/1.1 200 OK")
+
+
+def test_quote_refuses_what_agi_cannot_carry() -> None:
+    assert quote("/var/spool/x y.wav") == '"/var/spool/x y.wav"'
+    for bad in ('a"b', "a\\b", "a\nb", "a\x00b"):
+        with pytest.raises(ValueError):
+            quote(bad)
+
+
+@pytest.mark.parametrize("value, hidden", [
+    ("0", False), ("3", False), ("32", True), ("35", True), ("67", True), ("64", True),
+    ("allowed_not_screened", False), ("prohib_not_screened", True), ("prohib", True),
+    ("unavailable", True), ("0 (Presentation Allowed, Not Screened)", False),
+    ("32 (Presentation Prohibited, Not Screened)", True), ("", False), (None, False),
+])
+def test_presentation(value: str | None, hidden: bool) -> None:
+    assert is_hidden_presentation(value) is hidden
+
+
+def test_master_csv_from_the_capture() -> None:
+    rows = read_master_csv(ASTERISK / "cdr_master.csv", {"1795480795.17", "1795480687.5"}, None)
+    s = merge(rows["1795480795.17"])  # the Dial record and the h-extension record
+    assert len(rows["1795480795.17"]) == 2
+    assert s == type(s)(answered_at=dt.datetime(2026, 11, 24, 0, 39, 56, tzinfo=UTC),
+                        ended_at=dt.datetime(2026, 11, 24, 0, 39, 58, tzinfo=UTC),
+                        billsec=2, disposition="ANSWERED")
+    blocked = merge(rows["1795480687.5"])
+    assert (blocked.answered_at, blocked.billsec, blocked.disposition) == (None, 0, "NO ANSWER")
+
+
+def test_master_csv_tail_only(tmp_path) -> None:
+    src = (ASTERISK / "cdr_master.csv").read_bytes()
+    path = tmp_path / "Master.csv"
+    path.write_bytes(b"x" * 5000 + b"\n" + src)
+    rows = read_master_csv(path, {"1795480931.37"}, None, max_bytes=len(src) + 100)
+    assert merge(rows["1795480931.37"]).billsec == 2
+
+
+def test_cdr_event_times_in_the_pbx_zone() -> None:
+    """A PBX on China time writes local times; the event's Timestamp proves the offset."""
+    event = {"StartTime": "2026-11-24 08:39:55", "AnswerTime": "2026-11-24 08:39:56",
+             "EndTime": "2026-11-24 08:39:58", "BillableSeconds": "2", "Disposition": "ANSWERED",
+             "Timestamp": "1795480798.547521", "UniqueID": "1795480795.17"}
+    row, proven = row_from_event(event, None)
+    assert proven == dt.timedelta(hours=8)
+    assert row.answer == dt.datetime(2026, 11, 24, 0, 39, 56, tzinfo=UTC)
+    # an h-extension record alone cannot prove it; the offset learned before is used
+    h_row = {**event, "StartTime": "2026-11-24 08:52:58", "UniqueID": "1795480795.17"}
+    row, proven = row_from_event(h_row, dt.timedelta(hours=8))
+    assert proven is None and row.end == dt.datetime(2026, 11, 24, 0, 39, 58, tzinfo=UTC)
+    assert learn_offset("2026-11-24 00:00:00", dt.datetime(2026, 11, 22, tzinfo=UTC)) is None
+
+
+def test_cause_names() -> None:
+    assert [cause_name(c) for c in ("16", 21, "52", "0", "99", None)] == \
+        ["NORMAL_CLEARING", "CALL_REJECTED", "OUTGOING_CALL_BARRED", "UNSPECIFIED", "Q850_99", None]
