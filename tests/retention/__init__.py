@@ -1,0 +1,1 @@
+"""Recordings: finalize, retention purge, legal holds, verify (issue 5)."""
