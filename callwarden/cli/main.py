@@ -9,7 +9,18 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from callwarden import __version__
-from callwarden.cli import admin, audit_cmd, check, db, registry_cmd, report_cmd, serve
+from callwarden.cli import (
+    admin,
+    audit_cmd,
+    check,
+    db,
+    ops_cmd,
+    policing_cmd,
+    registry_cmd,
+    report_cmd,
+    retention_cmd,
+    serve,
+)
 from callwarden.cli.app import App
 
 
@@ -26,7 +37,8 @@ def cli(ctx: click.Context, config_path: str | None, actor: str) -> None:
     ctx.obj = App(config_path, actor)
 
 
-for module in (db, registry_cmd, admin, check, audit_cmd, report_cmd, serve):
+for module in (db, registry_cmd, admin, check, audit_cmd, report_cmd, serve, policing_cmd,
+               retention_cmd, ops_cmd):
     module.register(cli)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 
@@ -53,28 +54,55 @@ def serve_cmd(app: App, only: str | None) -> None:
 
 
 async def _serve_asterisk(app: App, with_freeswitch: bool) -> None:
-    from callwarden.agi import serve_asterisk
+    from callwarden.agi import AsteriskAdapter
+    from callwarden.ops.service import Operations
 
+    settings = app.settings
+    assert settings.asterisk is not None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(serve_asterisk(app.settings, Enforcer(app.settings), stop))]
+    ops = Operations(settings)
+    adapter = AsteriskAdapter(settings, ops.instrument(Enforcer(settings)))
+    try:
+        await adapter.start()
+    except OSError as exc:
+        agi = settings.asterisk.agi
+        click.echo(f"error: asterisk.agi: cannot listen on {agi.host}:{agi.port}: "
+                   f"{exc.strerror or exc}", err=True)
+        raise SystemExit(1) from None
+    ops.watch_asterisk(adapter)
+    from callwarden.policing.service import start_in_serve
+
+    # the seat-rental detector, every policing.interval_s (its passes are counted in /metrics)
+    tasks = start_in_serve(settings, stop, observer=ops.metrics.detector_pass)
     if with_freeswitch:
-        tasks.append(asyncio.create_task(_supervise_freeswitch(app.config_path, stop)))
-    await stop.wait()
-    log.info("stopping")
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+        report = ops.child_report_socket("freeswitch")
+        tasks.append(asyncio.create_task(_supervise_freeswitch(app.config_path, stop, report)))
+    ops.start()  # /metrics and /healthz; a port it cannot bind is logged, calls go on
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.shield(adapter.stop())
+        ops.close()
 
 
-async def _supervise_freeswitch(config_path: str | None, stop: asyncio.Event) -> None:
-    """Keep ``python -m callwarden.esl`` running; restart it with backoff if it exits."""
+async def _supervise_freeswitch(config_path: str | None, stop: asyncio.Event,
+                                report_socket: str | None = None) -> None:
+    """Keep ``python -m callwarden.esl`` running; restart it with backoff if it exits. It
+    reports its metrics and links on ``report_socket`` (see callwarden.ops.bridge)."""
+    from callwarden.ops.bridge import ENV_SOCKET
+
     delay = 1.0
     args = [sys.executable, "-m", "callwarden.esl"] + (["--config", config_path] if config_path else [])
+    env = dict(os.environ, **({ENV_SOCKET: report_socket} if report_socket else {}))
     while not stop.is_set():
-        proc = await asyncio.create_subprocess_exec(*args)
+        proc = await asyncio.create_subprocess_exec(*args, env=env)
         log.info("freeswitch_adapter_started", pid=proc.pid)
         try:
             rc = await proc.wait()

@@ -59,6 +59,9 @@ class _Section(BaseModel):
 class StoreConfig(_Section):
     url: str = "sqlite:///callwarden.db"
     pool_size: int = Field(default=10, ge=1, le=200)
+    # denials taken while the store was unreachable wait here until it is back
+    # (default: <recording.dir>/outage-journal.jsonl)
+    journal: str | None = None
 
     @field_validator("url")
     @classmethod
@@ -147,7 +150,10 @@ class RecordingConfig(_Section):
     format: Literal["wav"] = "wav"
     record_inbound: bool = False
     storage: StorageConfig = Field(default_factory=StorageConfig)
-    encryption: EncryptionConfig | None = None
+    encryption: EncryptionConfig | None = None  # encrypts new recordings (and reads them back)
+    keyring: list[EncryptionConfig] = Field(default_factory=list)  # older keys, read-only
+    settle_s: float = Field(default=1.0, ge=0, le=60)  # spool file unchanged this long = closed
+    finalize_wait_s: float = Field(default=5.0, ge=0, le=600)  # wait for a late spool file
 
 
 class PolicyConfig(_Section):
@@ -201,6 +207,158 @@ class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class MetricsConfig(Endpoint):
+    """Where ``callwarden serve`` answers ``/metrics`` (Prometheus) and ``/healthz``."""
+
+    port: int = Field(default=9464, ge=1, le=65535)
+
+
+# -- policing (seat-rental detector, MIIT 2020-81 §5(1)) -------------------------------------
+
+#: Every figure the policing detector scores, with its default ramp: the figure earns nothing at
+#: ``start``, its whole ``weight`` at ``full`` (either direction: answer_rate falls), and counts
+#: only once its sample reaches ``min_sample``. Documented in docs/policing.md.
+FEATURE_DEFAULTS: dict[str, dict[str, float]] = {
+    "attempt_rate": {"weight": 5, "start": 300, "full": 3000, "min_sample": 0},
+    "new_callee_share": {"weight": 10, "start": 0.4, "full": 0.9, "min_sample": 20},
+    "answer_rate": {"weight": 10, "start": 0.45, "full": 0.15, "min_sample": 20},
+    "short_call_share": {"weight": 10, "start": 0.3, "full": 0.8, "min_sample": 10},
+    "sequential_share": {"weight": 15, "start": 0.05, "full": 0.4, "min_sample": 20},
+    "refused_attempts": {"weight": 10, "start": 0, "full": 5, "min_sample": 0},
+    "no_consent_share": {"weight": 15, "start": 0.05, "full": 0.4, "min_sample": 20},
+    "campaign_denial_share": {"weight": 5, "start": 0.02, "full": 0.2, "min_sample": 20},
+    "window_edge_share": {"weight": 5, "start": 0.2, "full": 0.6, "min_sample": 20},
+    "complaints": {"weight": 15, "start": 0, "full": 3, "min_sample": 0},
+}
+#: Figures that are shares (0..1): their ramps must stay inside 0..1.
+SHARE_FEATURES = frozenset(n for n in FEATURE_DEFAULTS if n.endswith(("_share", "_rate")) and n != "attempt_rate")
+
+
+class FeatureSpec(_Section):
+    """One figure's ramp: 0 points at ``start``, ``weight`` points at ``full``, linear between."""
+
+    weight: float = Field(ge=0, le=1000)
+    start: float = Field(ge=0)
+    full: float = Field(ge=0)
+    min_sample: int = Field(default=0, ge=0, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _ramp(self) -> FeatureSpec:
+        if self.start == self.full:
+            raise ValueError("start and full must differ (the ramp runs from start to full)")
+        return self
+
+
+def _feature_field(name: str) -> FeatureSpec:
+    return Field(default_factory=lambda: FeatureSpec(**FEATURE_DEFAULTS[name]))
+
+
+class PolicingFeatures(_Section):
+    """Weights and ramps; a partial entry (``answer_rate: {weight: 20}``) keeps the other defaults."""
+
+    attempt_rate: FeatureSpec = _feature_field("attempt_rate")
+    new_callee_share: FeatureSpec = _feature_field("new_callee_share")
+    answer_rate: FeatureSpec = _feature_field("answer_rate")
+    short_call_share: FeatureSpec = _feature_field("short_call_share")
+    sequential_share: FeatureSpec = _feature_field("sequential_share")
+    refused_attempts: FeatureSpec = _feature_field("refused_attempts")
+    no_consent_share: FeatureSpec = _feature_field("no_consent_share")
+    campaign_denial_share: FeatureSpec = _feature_field("campaign_denial_share")
+    window_edge_share: FeatureSpec = _feature_field("window_edge_share")
+    complaints: FeatureSpec = _feature_field("complaints")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        merged: dict[str, object] = {}
+        for key, value in data.items():
+            if key in FEATURE_DEFAULTS and isinstance(value, dict):
+                merged[key] = {**FEATURE_DEFAULTS[key], **value}
+            else:
+                merged[key] = value  # unknown keys and bad types are reported by the schema
+        return merged
+
+    @field_validator(*sorted(SHARE_FEATURES))
+    @classmethod
+    def _share_in_range(cls, spec: FeatureSpec) -> FeatureSpec:
+        if spec.start > 1 or spec.full > 1:
+            raise ValueError("start and full are shares and must be between 0 and 1")
+        return spec
+
+    def items(self) -> list[tuple[str, FeatureSpec]]:
+        return [(name, getattr(self, name)) for name in FEATURE_DEFAULTS]
+
+    @property
+    def total_weight(self) -> float:
+        return sum(spec.weight for _, spec in self.items())
+
+
+class SequenceConfig(_Section):
+    """Generated number lists: ``min_run`` callees or more, each within ``max_gap`` of the last."""
+
+    max_gap: int = Field(default=10, ge=1, le=10_000)
+    min_run: int = Field(default=5, ge=3, le=10_000)
+
+
+class RefilingConfig(_Section):
+    """§2(2): filing changes are re-filed within ``working_days`` working days.
+
+    Weekends and ``calling_hours.holidays`` are not working days; ``holidays`` adds more,
+    ``workdays`` lists weekend days that are worked (调休 make-up days).
+    """
+
+    working_days: int = Field(default=10, ge=1, le=100)
+    holidays: list[dt.date] = Field(default_factory=list)
+    workdays: list[dt.date] = Field(default_factory=list)
+
+
+class WebhookConfig(_Section):
+    url: str
+    timeout_s: float = Field(default=5.0, gt=0, le=120)
+    retries: int = Field(default=3, ge=0, le=20)
+    backoff_s: float = Field(default=1.0, ge=0, le=300)
+    secret: str | None = None  # HMAC-SHA256 of the body in X-Callwarden-Signature
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+
+class PolicingConfig(_Section):
+    """The seat-rental detector: windows, weights, thresholds, schedule, notifications."""
+
+    enabled: bool = True  # run periodically inside `callwarden serve`
+    interval_s: int = Field(default=60, ge=5, le=86_400)
+    window_minutes: int = Field(default=60, ge=5, le=7 * 24 * 60)
+    edge_window_hours: int = Field(default=24, ge=1, le=7 * 24)
+    edge_minutes: int = Field(default=30, ge=1, le=240)
+    relationship_days: int = Field(default=30, ge=1, le=366)
+    complaints_days: int = Field(default=30, ge=1, le=366)
+    short_call_s: int = Field(default=15, ge=1, le=3600)
+    warn_score: float = Field(default=30, gt=0)
+    suspend_score: float = Field(default=50, gt=0)
+    work_mem_mb: int = Field(default=128, ge=0, le=8192)  # PostgreSQL work_mem for a pass; 0: server's
+    features: PolicingFeatures = Field(default_factory=PolicingFeatures)
+    sequence: SequenceConfig = Field(default_factory=SequenceConfig)
+    refiling: RefilingConfig = Field(default_factory=RefilingConfig)
+    webhook: WebhookConfig | None = None
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> PolicingConfig:
+        if self.suspend_score <= self.warn_score:
+            raise ValueError("suspend_score must be above warn_score")
+        total = self.features.total_weight
+        if self.warn_score > total:
+            raise ValueError(f"warn_score {self.warn_score:g} can never be reached: "
+                             f"the feature weights add up to {total:g}")
+        return self
+
+
 class Settings(_Section):
     """The whole configuration file."""
 
@@ -215,8 +373,10 @@ class Settings(_Section):
     recording: RecordingConfig = Field(default_factory=RecordingConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig | None = Field(default_factory=MetricsConfig)  # null: no endpoint
     asterisk: AsteriskConfig | None = None
     freeswitch: FreeswitchConfig | None = None
+    policing: PolicingConfig = Field(default_factory=PolicingConfig)
 
     @field_validator("timezone")
     @classmethod

@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,11 +25,17 @@ from callwarden.log import get_logger
 from callwarden.numbers import Number, mask, mask_raw, try_normalize
 from callwarden.policy import CallAttempt, Decision, Rules, decide, denial
 from callwarden.policy.reasons import ordered
+from callwarden.recorder import FinalizedRecording
 from callwarden.recorder.naming import recording_relpath, spool_path
+from callwarden.service.journal import OutageJournal
+from callwarden.service.recordings import RecordingService
 from callwarden.store import audit
 from callwarden.store.db import StoreUnavailable, make_engine, make_sessionmaker, unit_of_work
 from callwarden.store.facts import GLOBAL, load_facts
 from callwarden.store.models import Call, Recording, Refusal, utcnow
+
+if TYPE_CHECKING:
+    from callwarden.metrics import EnforcerObserver
 
 log = get_logger("callwarden.decision")
 
@@ -76,12 +83,23 @@ class CallEnd:
     hangup_cause: str | None = None
 
 
+def _journal_entry(a: CallAttempt, call_id: str, route: str) -> dict:
+    """What is kept locally of a call denied while the store was down."""
+    return {"call_id": call_id, "route": route, "tenant": a.tenant, "caller": a.caller,
+            "callee": a.callee, "hidden": a.hidden, "trunk": a.trunk, "campaign": a.campaign,
+            "purpose": a.purpose, "pbx": a.pbx, "pbx_call_id": a.pbx_call_id,
+            "channel": a.channel, "at": a.at.isoformat()}
+
+
 def _digits(number: Number | None, raw: str | None) -> str | None:
     return number.digits if number else (raw or None)
 
 
 class Enforcer:
     """Decisions and call records over one store."""
+
+    #: Told of every decision (``callwarden.metrics.Metrics``); must be fast and never raise.
+    observer: EnforcerObserver | None = None
 
     def __init__(self, settings: Settings, engine: Engine | None = None):
         self.settings = settings
@@ -94,6 +112,9 @@ class Enforcer:
         self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
         self.timeout_s = settings.decision_timeout_ms / 1000
         self.recording_dir = Path(settings.recording.dir)
+        self.recordings = RecordingService(settings, self.sessions)  # storage/key built once
+        self.journal = OutageJournal(settings.store.journal
+                                     or self.recording_dir / "outage-journal.jsonl")
 
     # -- outbound ---------------------------------------------------------------------------
 
@@ -104,23 +125,63 @@ class Enforcer:
 
     def decide(self, attempt: CallAttempt, route: str = "outbound") -> Outcome:
         """Decide and make the decision durable before answering; deny if the store fails."""
-        started = time.monotonic()
+        return self.decide_since(attempt, time.monotonic(), route)
+
+    def decide_since(self, attempt: CallAttempt, started: float, route: str = "outbound") -> Outcome:
+        """:meth:`decide`, with the deadline counted from ``started`` (``time.monotonic()`` when
+        the adapter queued the call) rather than from when a worker thread picked it up: a
+        decision that waited in a thread-pool queue cannot commit after the adapter gave up."""
         call_id = uuid.uuid4().hex
         try:
             outcome = self._decide_durably(attempt, call_id, started)
         except (SQLAlchemyError, StoreUnavailable) as exc:
             outcome = Outcome(call_id, denial("POLICY_UNAVAILABLE"), let_through=False)
             log.error("store_unavailable", route=route, call_id=call_id, tenant=attempt.tenant,
-                      error=type(exc).__name__, detail=str(exc).splitlines()[0][:200],
+                      error=type(exc).__name__, detail=(str(exc).splitlines() or [""])[0][:200],
                       action="outbound call denied (fail closed)")
-        latency_ms = (time.monotonic() - started) * 1000
+            self.journal.add(_journal_entry(attempt, call_id, route))
+        else:
+            if self.journal.pending:
+                self.replay_journal()
+        latency_s = time.monotonic() - started
         d = outcome.decision
         log.info("decision", route=route, call_id=call_id, pbx=attempt.pbx,
                  pbx_call_id=attempt.pbx_call_id, tenant=attempt.tenant,
                  caller=mask_raw(attempt.caller), callee=mask_raw(attempt.callee),
                  decision=d.decision, reasons=list(d.codes), let_through=outcome.let_through,
-                 mode=self.settings.mode, latency_ms=round(latency_ms, 2))
+                 mode=self.settings.mode, latency_ms=round(latency_s * 1000, 2))
+        if self.observer is not None:
+            self.observer.decided(route, attempt.pbx, outcome, latency_s)
         return outcome
+
+    def replay_journal(self) -> int:
+        """Store the denials taken while the store was down (skipping ones already stored)."""
+        try:
+            n = self.journal.drain(self._store_journal_entries)
+        except (SQLAlchemyError, OSError, StoreUnavailable) as exc:
+            log.warning("journal_replay_failed", error=type(exc).__name__)
+            return 0
+        if n:
+            log.info("journal_replayed", denials=n)
+        return n
+
+    def _store_journal_entries(self, entries: list[dict]) -> None:
+        with unit_of_work(self.sessions) as session:
+            for e in entries:
+                if session.get(Call, e["call_id"]) is not None:
+                    continue
+                caller, callee = try_normalize(e.get("caller")), try_normalize(e.get("callee"))
+                session.add(Call(
+                    call_id=e["call_id"], tenant_id=e.get("tenant"), direction="outbound",
+                    pbx=e.get("pbx") or "cli", pbx_call_id=e.get("pbx_call_id"),
+                    channel=e.get("channel"), caller=_digits(caller, e.get("caller")),
+                    callee=_digits(callee, e.get("callee")), party=callee.digits if callee else None,
+                    caller_hidden=bool(e.get("hidden")), trunk=e.get("trunk"),
+                    campaign=e.get("campaign"), purpose=e.get("purpose"),
+                    attempted_at=dt.datetime.fromisoformat(e["at"]), decision="deny",
+                    reasons="POLICY_UNAVAILABLE", enforced=True))
+                audit.append(session, "pbx:" + (e.get("pbx") or "cli"), "decision_replayed",
+                             e["call_id"], {**e, "decision": "deny", "reasons": ["POLICY_UNAVAILABLE"]})
 
     def _decide_durably(self, attempt: CallAttempt, call_id: str, started: float) -> Outcome:
         # Core statements, not ORM units: this is the per-call hot path.
@@ -242,9 +303,11 @@ class Enforcer:
             audit.append(session, "pbx:" + end.pbx, "call_ended", call.call_id, {
                 "answered_at": end.answered_at, "ended_at": end.ended_at, "billsec": end.billsec,
                 "disposition": end.disposition, "hangup_cause": end.hangup_cause})
-            call_id = call.call_id
+            call_id, recorded = call.call_id, call.recording_id is not None
         log.info("call_ended", call_id=call_id, pbx=end.pbx, billsec=end.billsec,
                  disposition=end.disposition, hangup_cause=end.hangup_cause)
+        if recorded:  # after the commit: the CDR stands whatever happens to the file
+            self.recordings.after_call_ended(call_id)
         return call_id
 
     def caller_id_changed(self, pbx: str, pbx_call_id: str, new_caller: str | None) -> str | None:
@@ -281,26 +344,6 @@ class Enforcer:
         return utcnow()
 
     # -- added for the asyncio adapters (Asterisk FastAGI + AMI, issue 3) --------------------
-
-    def decide_since(self, attempt: CallAttempt, started: float, route: str = "outbound") -> Outcome:
-        """:meth:`decide`, with the deadline counted from ``started`` (``time.monotonic()`` when
-        the adapter queued the call) rather than from when a worker thread picked it up: a
-        decision that waited in a thread-pool queue cannot commit after the adapter gave up."""
-        call_id = uuid.uuid4().hex
-        try:
-            outcome = self._decide_durably(attempt, call_id, started)
-        except (SQLAlchemyError, StoreUnavailable) as exc:
-            outcome = Outcome(call_id, denial("POLICY_UNAVAILABLE"), let_through=False)
-            log.error("store_unavailable", route=route, call_id=call_id, tenant=attempt.tenant,
-                      error=type(exc).__name__, detail=(str(exc).splitlines() or [""])[0][:200],
-                      action="outbound call denied (fail closed)")
-        d = outcome.decision
-        log.info("decision", route=route, call_id=call_id, pbx=attempt.pbx,
-                 pbx_call_id=attempt.pbx_call_id, tenant=attempt.tenant,
-                 caller=mask_raw(attempt.caller), callee=mask_raw(attempt.callee),
-                 decision=d.decision, reasons=list(d.codes), let_through=outcome.let_through,
-                 mode=self.settings.mode, latency_ms=round((time.monotonic() - started) * 1000, 2))
-        return outcome
 
     def decision_abandoned(self, call_id: str) -> None:
         """The adapter stopped waiting and denied the call (POLICY_UNAVAILABLE), yet this
@@ -354,68 +397,10 @@ class Enforcer:
                          {"error": error[:500], "direction": call.direction})
         log.warning("recording_not_started", call_id=call_id, error=error[:200])
 
-    def finalize_recording(self, call_id: str):  # -> FinalizedRecording | None
+    def finalize_recording(self, call_id: str) -> FinalizedRecording | None:
         """Move an ended call's recording from the spool into storage (size, sha256, duration;
-        kept until the call's end + ``retention.recordings_days``) and record where it went.
-
-        A missing or empty file marks the recording failed and flags the CDR with
-        RECORDING_UNAVAILABLE (the decision stays as it was): an allowed call whose recording
-        never arrived is something an auditor must find. Recordings not in ``recording``
-        state are left alone, so calling it twice is harmless.
-        """
-        import datetime as _dt
-
-        from callwarden.recorder import RecordingError, finalize
-        from callwarden.recorder.naming import SPOOL_DIRNAME
-
-        with self.sessions() as session:
-            call = session.get(Call, call_id)
-            rec = session.get(Recording, call.recording_id) if call and call.recording_id else None
-            if call is None or rec is None or rec.status != "recording" or not rec.spool_path:
-                return None
-            rec_id, src, pbx = rec.id, rec.spool_path, call.pbx
-            ended = call.ended_at or utcnow()
-        retain_until = ended + _dt.timedelta(days=self.settings.retention.recordings_days)
-        try:
-            relpath = Path(src).relative_to(self.recording_dir / SPOOL_DIRNAME).as_posix()
-            storage, key = self._recording_target()
-            stored = finalize(src, storage=storage, relpath=relpath, retain_until=retain_until,
-                              key=key)
-        except (RecordingError, ValueError) as exc:
-            reason = getattr(exc, "reason", "storage_error")
-            with unit_of_work(self.sessions) as session:
-                rec, call = session.get(Recording, rec_id), session.get(Call, call_id)
-                rec.status, rec.error = "failed", f"{reason}: {exc}"[:500]
-                codes = tuple(call.reason_codes) + ("RECORDING_UNAVAILABLE",)
-                call.reasons = ",".join(r.code for r in ordered(codes))
-                audit.append(session, "pbx:" + pbx, "recording_failed", call_id,
-                             {"reason": reason, "error": str(exc)[:500]})
-            log.error("recording_finalize_failed", call_id=call_id, reason=reason,
-                      detail=str(exc)[:200])
-            return None
-        with unit_of_work(self.sessions) as session:
-            rec = session.get(Recording, rec_id)
-            rec.status, rec.location, rec.sha256, rec.size = "stored", stored.location, stored.sha256, stored.size
-            rec.duration_s, rec.encrypted, rec.key_id = stored.duration_s, stored.encrypted, stored.key_id
-            rec.finalized_at, rec.retain_until = utcnow(), retain_until
-            audit.append(session, "pbx:" + pbx, "recording_stored", call_id, {
-                "location": stored.location, "sha256": stored.sha256, "size": stored.size,
-                "encrypted": stored.encrypted, "retain_until": retain_until})
-        log.info("recording_stored", call_id=call_id, size=stored.size, sha256=stored.sha256)
-        return stored
-
-    def _recording_target(self):  # -> tuple[Storage, Key | None], built once, on first use
-        """Storage and encryption key for recordings (S3 storage imports boto3: not before
-        a recording needs it)."""
-        target = self.__dict__.get("_recording_target_cache")
-        if target is None:
-            from callwarden.recorder import load_key, storage_from_config
-
-            enc = self.settings.recording.encryption
-            target = (
-                storage_from_config(self.settings.recording.storage.model_dump(),
-                                    recording_dir=self.settings.recording.dir),
-                load_key(key_file=enc.key_file, key_env=enc.key_env) if enc is not None else None,
-            )
-            self.__dict__["_recording_target_cache"] = target
-        return target
+        kept until the call's end + ``retention.recordings_days``), waiting briefly for a PBX
+        still flushing the file. A missing or empty file marks the recording failed and flags
+        the CDR (``calls.recording_problem``). Idempotent: see ``service.recordings``."""
+        result = self.recordings.finalize(call_id)
+        return result.recording if result.outcome == "stored" else None

@@ -165,6 +165,11 @@ class Call(Base):
         Index("ix_calls_party", "tenant_id", "party", "direction", "attempted_at"),
         Index("ix_calls_pbx", "pbx", "pbx_call_id"),
         Index("ix_calls_attempted", "attempted_at"),
+        # Auditor searches (callwarden.audit): one tenant over a period, one number over a period
+        # (exact or prefix, with or without a tenant).
+        Index("ix_calls_tenant_attempted", "tenant_id", "attempted_at"),
+        Index("ix_calls_callee_attempted", "callee", "attempted_at"),
+        Index("ix_calls_caller_attempted", "caller", "attempted_at"),
     )
 
     call_id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -192,6 +197,9 @@ class Call(Base):
     consent_id: Mapped[int | None] = mapped_column(Integer)
     consent_basis: Mapped[str | None] = mapped_column(String(32))
     recording_id: Mapped[int | None] = mapped_column(Integer)
+    # Why the call's recording never arrived (missing|empty|no_space|permission_denied|
+    # storage_error|conflict|lost); set by callwarden.service.recordings, shown by `verify`.
+    recording_problem: Mapped[str | None] = mapped_column(String(32))
     latency_ms: Mapped[float | None] = mapped_column()
 
     @property
@@ -205,7 +213,8 @@ class Recording(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     call_id: Mapped[str] = mapped_column(ForeignKey("calls.call_id"), index=True)
     tenant_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="recording")  # recording|stored|failed|purged
+    # recording -> finalizing -> stored | failed; stored -> purging -> purged (see service.recordings)
+    status: Mapped[str] = mapped_column(String(16), default="recording", index=True)
     spool_path: Mapped[str | None] = mapped_column(String(500))  # where the PBX writes it
     location: Mapped[str | None] = mapped_column(String(500))  # where it is kept
     sha256: Mapped[str | None] = mapped_column(String(64))
@@ -218,6 +227,8 @@ class Recording(Base):
     retain_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
     legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # finalizing/purging since
+    purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class AuditEntry(Base):

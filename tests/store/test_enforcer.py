@@ -207,3 +207,24 @@ def test_decision_past_its_deadline_is_not_committed(enforcer, monkeypatch):
     assert out.decision.codes == ("POLICY_UNAVAILABLE",)
     with enforcer.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Call)) == 0
+
+
+def test_denials_during_an_outage_reach_the_store_when_it_is_back(sqlite_url, make_settings):
+    import sqlite3
+
+    seed(sqlite_url)
+    e = Enforcer(make_settings(sqlite_url, decision_timeout_ms=100))
+    blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        lost = e.decide(attempt(pbx_call_id="during-outage"))
+    finally:
+        blocker.execute("ROLLBACK")
+    assert lost.decision.codes == ("POLICY_UNAVAILABLE",) and e.journal.pending
+    later = e.decide(attempt(at=at("2026-03-02 11:00")))  # the store answers again: replay
+    assert later.decision.allowed and not e.journal.pending
+    with e.sessions() as s:
+        call = s.get(Call, lost.call_id)
+        assert (call.decision, call.reason_codes, call.pbx_call_id) == ("deny", ["POLICY_UNAVAILABLE"], "during-outage")
+        assert verify_chain(s) == []
+    assert e.replay_journal() == 0  # nothing twice
