@@ -16,35 +16,16 @@ import asyncio
 import concurrent.futures
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Literal, TypeVar
 
 from callwarden.log import get_logger
-from callwarden.policy import CallAttempt, Decision, denial
-from callwarden.service.enforcer import Enforcer, Outcome
+from callwarden.policy import CallAttempt, denial
+from callwarden.service.enforcer import DecisionResult, Enforcer, Outcome
 
 log = get_logger("callwarden.agi")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionResult:
-    """What the outbound route acts on. ``outcome`` is None when the store did not answer in
-    time (then ``decision`` is the POLICY_UNAVAILABLE deny and nothing was stored)."""
-
-    outcome: Outcome | None
-    decision: Decision
-    latency_ms: float
-
-    @property
-    def let_through(self) -> bool:
-        return self.outcome.let_through if self.outcome is not None else False
-
-    @property
-    def call_id(self) -> str | None:
-        return self.outcome.call_id if self.outcome is not None else None
 
 
 class StoreGate:
@@ -70,6 +51,8 @@ class StoreGate:
         except TimeoutError:
             if not job.cancel():  # already running: it may still commit after we gave up
                 job.add_done_callback(self._late_decision)
+            else:  # never ran: keep the denial for the store (journal file, off the loop)
+                self._background.submit(self.enforcer.journal_denial, attempt, route)
             log.error("decision_timeout", route=route, tenant=attempt.tenant,
                       pbx_call_id=attempt.pbx_call_id, timeout_ms=self.decision_timeout_s * 1000,
                       action="outbound call denied POLICY_UNAVAILABLE (fail closed)")

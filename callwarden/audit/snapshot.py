@@ -13,32 +13,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
+
+from callwarden.store.db import make_read_engine
 
 _SQLITE_READERS: dict[str, Engine] = {}
 
 
 def _sqlite_reader(engine: Engine) -> Engine:
     key = engine.url.render_as_string(hide_password=False)
-    reader = _SQLITE_READERS.get(key)
-    if reader is None:
-        reader = create_engine(engine.url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(reader, "connect")
-        def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA query_only=ON")
-            cur.close()
-
-        @event.listens_for(reader, "begin")
-        def _on_begin(conn):  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql("BEGIN")
-
-        _SQLITE_READERS[key] = reader
-    return reader
+    if key not in _SQLITE_READERS:
+        _SQLITE_READERS[key] = make_read_engine(engine)
+    return _SQLITE_READERS[key]
 
 
 @contextmanager

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import gevent
@@ -21,8 +20,8 @@ from gevent.event import AsyncResult
 from gevent.threadpool import ThreadPool
 
 from callwarden.log import get_logger
-from callwarden.policy import CallAttempt, Decision, denial
-from callwarden.service.enforcer import Enforcer, Outcome
+from callwarden.policy import CallAttempt, denial
+from callwarden.service.enforcer import DecisionResult, Enforcer, Outcome
 
 log = get_logger("callwarden.esl")
 
@@ -31,24 +30,6 @@ T = TypeVar("T")
 
 class StoreTimeout(Exception):
     """A background store call did not finish in time (it may still finish later)."""
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionResult:
-    """What the outbound flow acts on. ``outcome`` is None when no decision came in time or the
-    enforcer failed (``decision`` is then the POLICY_UNAVAILABLE deny, nothing was stored)."""
-
-    outcome: Outcome | None
-    decision: Decision
-    latency_ms: float
-
-    @property
-    def let_through(self) -> bool:
-        return self.outcome.let_through if self.outcome is not None else False
-
-    @property
-    def call_id(self) -> str | None:
-        return self.outcome.call_id if self.outcome is not None else None
 
 
 class StoreGate:
@@ -78,6 +59,8 @@ class StoreGate:
         except gevent.Timeout:
             if job is not None:
                 job.rawlink(self._late_decision)
+            else:  # never queued: keep the denial for the store (journal file)
+                self._background.spawn(self.enforcer.journal_denial, attempt, route)
             log.error("decision_timeout", route=route, tenant=attempt.tenant,
                       pbx_call_id=attempt.pbx_call_id,
                       timeout_ms=round(self.decision_timeout_s * 1000),

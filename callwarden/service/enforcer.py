@@ -60,6 +60,24 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionResult:
+    """What an adapter's outbound flow acts on. ``outcome`` is None when no decision came in
+    time (``decision`` is then the POLICY_UNAVAILABLE deny and nothing was stored)."""
+
+    outcome: Outcome | None
+    decision: Decision
+    latency_ms: float
+
+    @property
+    def let_through(self) -> bool:
+        return self.outcome.let_through if self.outcome is not None else False
+
+    @property
+    def call_id(self) -> str | None:
+        return self.outcome.call_id if self.outcome is not None else None
+
+
+@dataclass(frozen=True, slots=True)
 class InboundCall:
     tenant: str | None
     caller: str | None  # the outside party
@@ -153,6 +171,10 @@ class Enforcer:
         if self.observer is not None:
             self.observer.decided(route, attempt.pbx, outcome, latency_s)
         return outcome
+
+    def journal_denial(self, attempt: CallAttempt, route: str = "outbound") -> None:
+        """Keep a denial the adapter gave on its own (no decision in time, never started)."""
+        self.journal.add(_journal_entry(attempt, uuid.uuid4().hex, route))
 
     def replay_journal(self) -> int:
         """Store the denials taken while the store was down (skipping ones already stored)."""

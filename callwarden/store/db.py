@@ -64,6 +64,31 @@ def _sqlite_pragmas(engine: Engine, busy_ms: int) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def make_read_engine(engine: Engine) -> Engine:
+    """An engine that reads without taking SQLite's write lock (PostgreSQL: ``engine`` itself).
+
+    For long readers (auditor exports, the policing detector) that must not hold up decisions:
+    a deferred ``BEGIN`` is a WAL read snapshot that never blocks writers.
+    """
+    if engine.dialect.name != "sqlite":
+        return engine
+    reader = create_engine(engine.url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(reader, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA query_only=ON")
+        cur.close()
+
+    @event.listens_for(reader, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN")
+
+    return reader
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
