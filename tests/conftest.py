@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -111,3 +112,21 @@ def seed(url: str, doc: dict | None = None) -> None:
 def seeded_url(store_url) -> str:
     seed(store_url)
     return store_url
+
+
+def cli_invoker(url: str, tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``callwarden --config <tmp config for url> ARGS`` in-process (click's runner)."""
+    from click.testing import CliRunner
+
+    from callwarden.cli.main import cli
+
+    cfg = tmp_path / "cw.yaml"
+    cfg.write_text(yaml.safe_dump({"store": {"url": url}, "recording": {"dir": str(tmp_path / "rec")},
+                                   "logging": {"format": "console", "level": "warning"}}))
+    runner = CliRunner()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        r = runner.invoke(cli, ["--config", str(cfg), "--actor", "tester", *args], catch_exceptions=False)
+        return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
+
+    return run

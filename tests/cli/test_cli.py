@@ -9,27 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from callwarden.cli.main import cli
-from tests.conftest import EXAMPLE_REGISTRY
+from tests.conftest import EXAMPLE_REGISTRY, cli_invoker
 
 AT = "2026-03-02T10:00:00+08:00"
 
 
 @pytest.fixture
 def cw(tmp_path, store_url):
-    """Run `callwarden --config <tmp config> ...` in-process (click's runner); exit code and streams."""
-    cfg = tmp_path / "cw.yaml"
-    cfg.write_text(yaml.safe_dump({"store": {"url": store_url}, "recording": {"dir": str(tmp_path / "rec")},
-                                   "logging": {"format": "console", "level": "warning"}}))
-    runner = CliRunner()
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        r = runner.invoke(cli, ["--config", str(cfg), "--actor", "tester", *args], catch_exceptions=False)
-        return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
-
-    return run
+    return cli_invoker(store_url, tmp_path)
 
 
 def ok(p: subprocess.CompletedProcess[str]) -> str:

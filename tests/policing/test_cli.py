@@ -8,13 +8,10 @@ import random
 import subprocess
 
 import pytest
-import yaml
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from callwarden.cli.main import cli
 from callwarden.store.models import AuditEntry, Complaint
-from tests.conftest import at
+from tests.conftest import at, cli_invoker
 from tests.policing.helpers import cdr, insert_calls, session_for, telemarketing
 
 NOW = at("2026-03-02 10:30")
@@ -22,16 +19,7 @@ NOW = at("2026-03-02 10:30")
 
 @pytest.fixture
 def cw(tmp_path, world):
-    cfg = tmp_path / "cw.yaml"
-    cfg.write_text(yaml.safe_dump({"store": {"url": world}, "recording": {"dir": str(tmp_path / "rec")},
-                                   "logging": {"format": "console", "level": "warning"}}))
-    runner = CliRunner()
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        r = runner.invoke(cli, ["--config", str(cfg), "--actor", "tester", *args], catch_exceptions=False)
-        return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
-
-    return run
+    return cli_invoker(world, tmp_path)
 
 
 def ok(p: subprocess.CompletedProcess[str]) -> str:
