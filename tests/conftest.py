@@ -92,8 +92,12 @@ def make_settings(tmp_path) -> Callable[..., Settings]:
     """Settings for a store URL with overrides: ``make_settings(url, mode="observe")``."""
 
     def build(url: str, **overrides: Any) -> Settings:
+        # decision_timeout_ms: generous unless a test is about the deadline, so that a loaded
+        # CI host cannot turn a cold first commit into POLICY_UNAVAILABLE in a test of
+        # something else
         data: dict[str, Any] = {"store": {"url": url}, "recording": {"dir": str(tmp_path / "rec")},
-                                "logging": {"format": "console", "level": "warning"}}
+                                "logging": {"format": "console", "level": "warning"},
+                                "decision_timeout_ms": 5000}
         data.update(overrides)
         return parse_settings(data)
 

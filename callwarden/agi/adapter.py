@@ -55,6 +55,9 @@ class AsteriskAdapter:
         self._server: asyncio.Server | None = None
         self._ami_task: asyncio.Task[None] | None = None
         self._ami_stop = asyncio.Event()
+        #: The background store warm-up started by :meth:`start` (done when the store answered
+        #: once, or gave up); calls are taken meanwhile.
+        self.warmed: asyncio.Task[None] | None = None
 
     @property
     def agi_port(self) -> int:
@@ -80,6 +83,7 @@ class AsteriskAdapter:
             backlog=1024, reuse_address=True)
         log.info("agi_listening", host=self.agi_host, port=self.agi_port,
                  routes=sorted(self.agi.routes), mode=self.settings.mode)
+        self.warmed = asyncio.create_task(self._warm_up())
         if self.config.ami is not None and self.book is not None:
             self.ami = AmiListener(self.config.ami, gate=self.gate, book=self.book, pbx=PBX,
                                    observe=self.settings.mode == "observe", clock=self.clock,
@@ -88,6 +92,15 @@ class AsteriskAdapter:
         else:
             log.warning("ami_not_configured",
                         note="CDRs will not be completed and caller-ID changes not policed")
+
+    async def _warm_up(self) -> None:
+        """:meth:`Enforcer.warm_up` off the loop; a failure only costs the first calls some
+        latency (they still fail closed)."""
+        try:
+            await self.gate.call(self.gate.enforcer.warm_up, PBX, self.clock(), timeout=30.0)
+        except Exception as exc:
+            log.warning("store_warm_up_failed", error=type(exc).__name__,
+                        note="the first calls may be slower; they still fail closed")
 
     async def stop(self) -> None:
         """Stop accepting calls, let conversations in progress finish (each is bounded by
@@ -108,6 +121,9 @@ class AsteriskAdapter:
             except TimeoutError:
                 self._ami_task.cancel()
                 await asyncio.gather(self._ami_task, return_exceptions=True)
+        if self.warmed is not None and not self.warmed.done():
+            self.warmed.cancel()
+            await asyncio.gather(self.warmed, return_exceptions=True)
         self.gate.close()
         log.info("asterisk_adapter_stopped")
 

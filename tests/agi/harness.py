@@ -202,6 +202,8 @@ async def rig(make_settings: Callable[..., Settings], url: str, *, with_ami: boo
                               ami_tuning=tuning)
     await adapter.start()
     try:
+        assert adapter.warmed is not None
+        await asyncio.wait_for(adapter.warmed, 30)  # a test's first call must not pay for it
         if ami is not None:
             await ami.wait_logged_in(1, timeout=5)
             assert adapter.ami is not None

@@ -48,7 +48,7 @@ def test_asterisk_next_call_after_suspension_is_hung_up(make_settings, seeded_ur
     async def body() -> None:
         async with rig(make_settings, seeded_url) as r:
             before = await r.outbound_call().run(agi_port=r.port, talk_time=0.05)
-            assert before.variables["CALLWARDEN_DECISION"] == "allow"
+            assert before.variables["CALLWARDEN_DECISION"] == "allow", before.variables
 
             await asyncio.to_thread(dial_a_list, seeded_url, MONDAY_10AM)
             assert await asyncio.to_thread(police_once, r.settings, MONDAY_10AM) == [TENANT]
@@ -65,7 +65,7 @@ def test_asterisk_next_call_after_suspension_is_hung_up(make_settings, seeded_ur
 
             await asyncio.to_thread(resume, seeded_url)
             after = await r.outbound_call().run(agi_port=r.port, talk_time=0.05)
-            assert after.variables["CALLWARDEN_DECISION"] == "allow"
+            assert after.variables["CALLWARDEN_DECISION"] == "allow", after.variables
             # the next pass does not suspend it again for what it did before the resume
             assert await asyncio.to_thread(police_once, r.settings, MONDAY_10AM) == []
 
