@@ -19,11 +19,15 @@ from callwarden.audit.filters import NumberMatch, SearchFilters
 from callwarden.numbers import mask
 from callwarden.store.models import Call, Recording
 
+#: Columns of the CSV form before ``node`` (bundles exported then still verify).
+CSV_COLUMNS_V1 = ["call_id", "tenant", "direction", "caller", "callee", "decision", "reasons",
+                  "enforced", "trunk", "campaign", "purpose", "pbx", "pbx_call_id", "attempted_at",
+                  "answered_at", "ended_at", "billsec", "disposition", "hangup_cause", "consent_id",
+                  "consent_basis", "recording_status", "recording_sha256", "recording_size",
+                  "recording_location"]
 #: Columns of the CSV form, in order (``reasons`` joined with commas, recording flattened).
-CSV_COLUMNS = ["call_id", "tenant", "direction", "caller", "callee", "decision", "reasons", "enforced",
-               "trunk", "campaign", "purpose", "pbx", "pbx_call_id", "attempted_at", "answered_at",
-               "ended_at", "billsec", "disposition", "hangup_cause", "consent_id", "consent_basis",
-               "recording_status", "recording_sha256", "recording_size", "recording_location"]
+#: New columns go last, so that scripts reading columns by position keep working.
+CSV_COLUMNS = [*CSV_COLUMNS_V1, "node"]
 
 #: Columns of the human table.
 TABLE_COLUMNS = ["attempted_at", "call_id", "tenant", "direction", "caller", "callee", "decision",
@@ -102,7 +106,7 @@ def call_row(call: Call, rec: Recording | None, full_numbers: bool) -> dict[str,
         "caller": show(call.caller), "callee": show(call.callee), "decision": call.decision,
         "reasons": call.reason_codes, "enforced": call.enforced, "trunk": call.trunk,
         "campaign": call.campaign, "purpose": call.purpose, "pbx": call.pbx,
-        "pbx_call_id": call.pbx_call_id, "attempted_at": call.attempted_at,
+        "pbx_call_id": call.pbx_call_id, "node": call.node, "attempted_at": call.attempted_at,
         "answered_at": call.answered_at, "ended_at": call.ended_at, "billsec": call.billsec,
         "disposition": call.disposition, "hangup_cause": call.hangup_cause,
         "consent_id": call.consent_id, "consent_basis": call.consent_basis,
@@ -115,13 +119,13 @@ def call_row(call: Call, rec: Recording | None, full_numbers: bool) -> dict[str,
     }
 
 
-def csv_values(row: dict[str, Any]) -> list[Any]:
-    """A row as CSV cells, in ``CSV_COLUMNS`` order (datetimes as ISO-8601)."""
+def csv_values(row: dict[str, Any], columns: list[str] = CSV_COLUMNS) -> list[Any]:
+    """A row as CSV cells, in ``columns`` order (datetimes as ISO-8601)."""
     rec = row.get("recording") or {}
     flat = {**row, "recording_sha256": rec.get("sha256"), "recording_size": rec.get("size"),
             "recording_location": rec.get("location")}
     out: list[Any] = []
-    for col in CSV_COLUMNS:
+    for col in columns:
         v = flat.get(col)
         if isinstance(v, list):
             v = ",".join(v)

@@ -34,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from callwarden.audit import bundle as B
-from callwarden.audit.search import CSV_COLUMNS, csv_values
+from callwarden.audit.search import CSV_COLUMNS, CSV_COLUMNS_V1, csv_values
 from callwarden.recorder import DecryptingReader, DecryptionError, Keyring
 from callwarden.recorder.streams import PrefixedReader, hash_stream
 from callwarden.store.audit import GENESIS, entry_hash
@@ -180,7 +180,11 @@ def _check_cdrs(reader: B.BundleReader, manifest: dict[str, Any], res: VerifyRes
         return recorded
     try:
         rows = _csv_rows(reader)
-        if next(rows, None) != CSV_COLUMNS:
+        header = next(rows, None)
+        # Bundles exported before the `node` column have the older header; both are checked
+        # column by column against calls.json.
+        columns = header if header in (CSV_COLUMNS, CSV_COLUMNS_V1) else CSV_COLUMNS
+        if header != columns:
             res.fail(B.CALLS_CSV, "header line differs from the expected columns")
         reported = False
         for call in _iter_calls(reader):
@@ -191,9 +195,9 @@ def _check_cdrs(reader: B.BundleReader, manifest: dict[str, Any], res: VerifyRes
             if row is None:
                 continue
             n_csv += 1
-            want = [str(v) for v in csv_values(call)]
+            want = [str(v) for v in csv_values(call, columns)]
             if row != want and not reported:
-                diff = [c for c, a, b in zip(CSV_COLUMNS, row, want, strict=False) if a != b] or ["(column count)"]
+                diff = [c for c, a, b in zip(columns, row, want, strict=False) if a != b] or ["(column count)"]
                 res.fail(B.CALLS_CSV, f"row {n_csv + 1} (call {call.get('call_id')}) differs from calls.json "
                                       f"in {', '.join(diff)}")
                 reported = True

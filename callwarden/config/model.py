@@ -196,10 +196,34 @@ class EslInboundConfig(Endpoint):
     password: str = "ClueCon"
 
 
+#: ``calls.node`` holds at most this many characters (callwarden.esl.channel.NODE_MAX_LEN).
+SWITCHNAME_MAX_LEN = 64
+
+
 class FreeswitchConfig(_Section):
     esl_outbound: EslOutboundConfig = Field(default_factory=EslOutboundConfig)
     esl_inbound: EslInboundConfig | None = Field(default_factory=EslInboundConfig)
     recording_dir: str | None = None
+    # The switchname this node's FreeSWITCH must report (FreeSWITCH-Switchname), when several
+    # FreeSWITCH nodes share one store. Checked against the listener's events, never trusted
+    # alone: reconciliation always uses the name the switch itself reports (docs/freeswitch.md).
+    switchname: str | None = None
+
+    @field_validator("switchname", mode="before")
+    @classmethod
+    def _switchname(cls, v: object) -> object:
+        if v is None:
+            return None
+        if not isinstance(v, str):
+            raise ValueError("must be a string (quote it in YAML: switchname: \"01\")")
+        name = v.strip()
+        if not name:
+            raise ValueError("must not be empty (leave the key out to learn it from FreeSWITCH)")
+        if not name.isprintable():
+            raise ValueError("must not contain control characters")
+        if len(name) > SWITCHNAME_MAX_LEN:
+            raise ValueError(f"must be at most {SWITCHNAME_MAX_LEN} characters")
+        return name
 
 
 class LoggingConfig(_Section):

@@ -33,6 +33,13 @@ VAR_ERROR = "callwarden_error"  # why callwarden could not act (unknown_route ..
 
 ROUTES = ("outbound", "inbound", "optout")
 
+#: The switch's name, in the connect reply and in every event (``switch.conf.xml``'s
+#: ``switchname``, else the host name): the node a call is stored under.
+SWITCHNAME_HEADER = "FreeSWITCH-Switchname"
+#: The store's ``calls.node`` width; longer names are cut to it (the same way on both sides:
+#: calls stamped from the connect reply, the listener's node learned from events).
+NODE_MAX_LEN = 64
+
 _PRIVACY_HIDES_NUMBER = {"yes", "full", "number", "true"}
 
 
@@ -66,6 +73,18 @@ def caller_hidden(headers: Mapping[str, str]) -> bool:
     return "hide_number" in origination.replace("+", ":").split(":")
 
 
+def node_name(value: str | None) -> str | None:
+    """A switchname fit to store and compare: surrounding blanks removed, at most
+    ``NODE_MAX_LEN`` characters; None when absent, empty or not printable (a control character
+    in a name only a hostile peer would send)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or not value.isprintable():
+        return None
+    return value[:NODE_MAX_LEN]
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelInfo:
     """The facts of one channel handed to the outbound socket."""
@@ -85,6 +104,7 @@ class ChannelInfo:
     optout_number: str | None
     socket_mode: str | None
     control: str | None
+    node: str | None = None  # the switch's name (node_name of FreeSWITCH-Switchname)
 
     @property
     def route_known(self) -> bool:
@@ -114,6 +134,7 @@ def channel_info(headers: Mapping[str, str]) -> ChannelInfo:
         optout_number=_var(headers, VAR_OPTOUT_NUMBER),
         socket_mode=headers.get("Socket-Mode"),
         control=headers.get("Control"),
+        node=node_name(headers.get(SWITCHNAME_HEADER)),
     )
 
 

@@ -82,6 +82,7 @@ class CallReport:
 
     route: str | None = None
     pbx_call_id: str | None = None
+    node: str | None = None
     tenant: str | None = None
     caller: str | None = None
     callee: str | None = None
@@ -98,7 +99,8 @@ class CallReport:
 
     def fields(self) -> dict[str, object]:
         return {
-            "route": self.route, "pbx_call_id": self.pbx_call_id, "tenant": self.tenant,
+            "route": self.route, "pbx_call_id": self.pbx_call_id, "node": self.node,
+            "tenant": self.tenant,
             "caller": mask_raw(self.caller) if self.caller else None,
             "callee": mask_raw(self.callee) if self.callee else None,
             "decision": self.decision, "reasons": list(self.reasons), "call_id": self.call_id,
@@ -164,7 +166,7 @@ class CallHandler:
             if not info.uuid:
                 raise ProtocolError("connect reply without Unique-ID")
             report.route = info.route_given or info.route
-            report.pbx_call_id, report.tenant = info.uuid, info.tenant
+            report.pbx_call_id, report.node, report.tenant = info.uuid, info.node, info.tenant
             if info.socket_mode != "async" or info.control != "full":
                 report.notes.append("socket should run 'async full'")
             report.stage = report.route or "route"
@@ -221,6 +223,7 @@ class CallHandler:
             tenant=info.tenant, caller=info.caller, callee=info.destination, at=ctx.clock(),
             caller_hidden=info.hidden, trunk=info.trunk, campaign=info.campaign,
             purpose=info.purpose, pbx=ctx.pbx, pbx_call_id=info.uuid, channel=info.channel_name,
+            node=info.node,
         )
         report.stage = "decision"
         result = ctx.gate.decide(attempt, started, route="outbound")
@@ -354,7 +357,7 @@ class CallHandler:
         report.caller, report.callee = info.caller, info.destination
         call = InboundCall(tenant=info.tenant, caller=info.caller, callee=info.destination,
                            at=ctx.clock(), pbx=ctx.pbx, pbx_call_id=info.uuid,
-                           channel=info.channel_name)
+                           channel=info.channel_name, node=info.node)
         report.stage = "log"
         try:
             call_id = ctx.gate.call(ctx.gate.enforcer.log_inbound, call, timeout=ctx.store_timeout_s)

@@ -11,6 +11,9 @@
 * The connection is kept alive: reconnect with capped, jittered backoff; a silent peer is
   probed; after every (re)connect, and periodically, calls the store still thinks are up are
   checked against ``show channels``, so a hangup missed while disconnected still ends its CDR.
+* Several FreeSWITCH nodes may share one store: reconciliation only ends calls of this
+  listener's node (the switchname its events carry, ``FreeSWITCH-Switchname``; checked against
+  ``freeswitch.switchname`` when that is set) or of no known node; see :meth:`_reconcile`.
 
 The reader greenlet never touches the store: events are filtered in memory and queued; store
 work runs in worker greenlets through the StoreGate's background threads.
@@ -111,8 +114,18 @@ class EventListener:
 
     def __init__(self, host: str, port: int, password: str, gate: StoreGate, watched: WatchedCalls,
                  inflight: InFlight, *, clock: Callable[[], dt.datetime], pbx: str = ch.PBX,
-                 tuning: ListenerTuning | None = None):
+                 tuning: ListenerTuning | None = None, node: str | None = None):
         self.host, self.port, self.password = host, port, password
+        #: What the switch should call itself (``freeswitch.switchname``); only checked.
+        self.configured_node = node
+        #: The switchname reconciliation is scoped to: the switch's own word, from the events of
+        #: the current connection (see _switch_named). None: none has named it yet.
+        self.node: str | None = None
+        self._last_node: str | None = None  # the name learned on any connection, latest
+        self._seen_switchname: str | None = None  # raw header value last handled
+        self._mismatch_logged = False
+        self._reconcile_waiting = False  # deferred for want of a node: run once it is known
+        self._deferral_logged = False  # per connection
         self.gate = gate
         self.watched = watched
         self.inflight = inflight
@@ -193,6 +206,9 @@ class EventListener:
         t = self.tuning
         client = InboundClient(self.host, self.port, self.password, timeout=t.connect_timeout_s)
         self.client = client
+        # The node is learned again on every connection: the address may now lead to another
+        # switch (a floating IP after a failover), and its name must come with its channels.
+        self.node = self._seen_switchname = None
         client.register_handle("*", self._on_event)
         client.connect()
         reply = client.send(command("event plain " + SUBSCRIBED), timeout=t.command_timeout_s)
@@ -201,15 +217,17 @@ class EventListener:
         self.connections += 1
         self.connected.set()
         log.info("esl_inbound_connected", host=self.host, port=self.port, connection=self.connections)
+        self._deferral_logged = False
         next_reconcile = time.monotonic() + self._reconcile_gap(self._reconcile(client))
         while not self._stop.is_set() and not client.ended:
-            client.wait_closed(min(t.idle_probe_s, 5.0))
+            # Waiting for the node: look often, so the deferred reconciliation runs promptly.
+            client.wait_closed(min(t.idle_probe_s, 1.0 if self._reconcile_waiting else 5.0))
             now = time.monotonic()
             if client.ended:
                 break
             if now - client.last_received > t.idle_probe_s:
                 client.send(api("status"), timeout=t.command_timeout_s)  # raises if dead
-            if now >= next_reconcile:
+            if now >= next_reconcile or (self._reconcile_waiting and self.node is not None):
                 next_reconcile = now + self._reconcile_gap(self._reconcile(client))
         if not self._stop.is_set():
             raise ConnectionClosed(client.end_reason or "closed")
@@ -218,6 +236,9 @@ class EventListener:
 
     def _on_event(self, event: EslEvent) -> None:
         name = event.name
+        switchname = event.headers.get(ch.SWITCHNAME_HEADER)
+        if switchname is not None and switchname != self._seen_switchname:
+            self._switch_named(switchname)
         if name in CID_EVENTS:
             self._check_caller_id(event)
         elif name in ("CHANNEL_HANGUP_COMPLETE", "RECORD_STOP"):
@@ -228,6 +249,35 @@ class EventListener:
                 if self.dropped_events % 1000 == 1:
                     log.error("esl_event_queue_full", dropped=self.dropped_events,
                               note="reconciliation will end the affected CDRs")
+
+    def _switch_named(self, raw: str) -> None:
+        """The switch's events carry a switchname not handled yet (reader greenlet: memory and
+        logging only). Only the switch's own word becomes the node, never the config alone:
+        its calls are stored under the name its connect replies carry, and ``show channels``
+        comes from this same connection, so that name pairs the right calls with the right
+        channel list. A configured name that the switch has not confirmed could be another
+        node's (a config copied from a sibling) and would end that node's live calls."""
+        self._seen_switchname = raw
+        name = ch.node_name(raw)
+        if name is None:
+            log.warning("esl_switchname_unusable", length=len(raw),
+                        note="not printable or empty; reconciliation keeps its current node")
+            return
+        configured, previous = self.configured_node, self._last_node
+        if configured is not None and name != configured:
+            if not self._mismatch_logged:  # once: every event of the switch would repeat it
+                self._mismatch_logged = True
+                log.error("esl_switchname_mismatch", configured=configured, reported=name,
+                          host=self.host, port=self.port,
+                          action="reconciling as the name the switch reports; fix "
+                                 "freeswitch.switchname, or freeswitch.esl_inbound if this is "
+                                 "not this node's FreeSWITCH")
+        elif previous is None:
+            log.info("esl_node_learned", node=name, confirms_config=configured is not None)
+        elif name != previous:
+            log.warning("esl_node_changed", previous=previous, node=name,
+                        note="calls stored under the previous name are no longer reconciled here")
+        self.node = self._last_node = name
 
     def _check_caller_id(self, event: EslEvent) -> None:
         headers = event.headers
@@ -408,15 +458,24 @@ class EventListener:
         """End the CDRs of calls the store thinks are up but FreeSWITCH no longer has.
 
         The store is asked first: a call decided after FreeSWITCH's snapshot is then never
-        mistaken for a vanished one.
+        mistaken for a vanished one. Only this node's calls (and those stored without a node,
+        from before nodes were recorded) are candidates: another node's calls are not in this
+        switch's ``show channels`` however live they are. Until an event has named the switch
+        on this connection (FreeSWITCH sends HEARTBEAT every 20 s, channel events sooner) no
+        CDR is ended at all, not even node-less ones, and reconciliation runs as soon as one
+        does: ending only the node-less calls first would gain nothing, as the full pass
+        follows within seconds. Kills that did not go out are retried regardless.
         """
         t = self.tuning
-        try:
-            open_calls = self.gate.call(self.gate.enforcer.open_calls, self.pbx,
-                                        timeout=t.store_timeout_s)
-        except Exception as exc:
-            log.error("reconcile_skipped", reason="store", error=type(exc).__name__)
-            return False
+        node = self.node
+        open_calls: list[tuple[str, str]] = []
+        if node is not None:
+            try:
+                open_calls = self.gate.call(self.gate.enforcer.open_calls, self.pbx, None, node,
+                                            timeout=t.store_timeout_s)
+            except Exception as exc:
+                log.error("reconcile_skipped", reason="store", error=type(exc).__name__)
+                return False
         reply = client.send(api("show channels as json"), timeout=t.command_timeout_s)
         live = ch.parse_show_channels(reply.reply_text)
         if live is None:
@@ -428,6 +487,14 @@ class EventListener:
                 self._kill(uuid, kill_call_id)
             else:
                 self._pending_kills.pop(uuid, None)
+        if node is None:
+            self._reconcile_waiting = True
+            if not self._deferral_logged:
+                self._deferral_logged = True
+                log.info("reconcile_deferred", reason="node unknown",
+                         note="runs once an event names the switch (FreeSWITCH-Switchname)")
+            return False
+        self._reconcile_waiting = False
         ended = 0
         now = self.clock()
         for call_id, uuid in open_calls:
@@ -439,6 +506,6 @@ class EventListener:
                 log.warning("call_end_reconciled", call_id=call_id, pbx_call_id=uuid,
                             note="hangup missed while disconnected; end time is when noticed")
         self.reconciliations += 1
-        log.info("esl_reconciled", open_in_store=len(open_calls), live_channels=len(live),
-                 ended=ended, unwatched=forgotten)
+        log.info("esl_reconciled", node=node, open_in_store=len(open_calls),
+                 live_channels=len(live), ended=ended, unwatched=forgotten)
         return True

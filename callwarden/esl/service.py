@@ -19,7 +19,6 @@ from callwarden.esl.inbound import EventListener, ListenerTuning
 from callwarden.esl.outbound import OutboundServer
 from callwarden.esl.store_gate import StoreGate
 from callwarden.log import get_logger
-from callwarden.policy import CallAttempt
 from callwarden.service.enforcer import Enforcer
 
 log = get_logger("callwarden.esl")
@@ -74,7 +73,8 @@ class FreeswitchService:
                 store_timeout_s=max(2.0, settings.decision_timeout_ms / 1000 * 4))
             self.listener = EventListener(fs.esl_inbound.host, fs.esl_inbound.port,
                                           fs.esl_inbound.password, self.gate, self.watched,
-                                          self.inflight, clock=clock, tuning=tuning)
+                                          self.inflight, clock=clock, tuning=tuning,
+                                          node=fs.switchname)
         self._server_greenlet: gevent.Greenlet | None = None
 
     def start(self) -> int:
@@ -89,12 +89,10 @@ class FreeswitchService:
         return port
 
     def _warm_up(self) -> None:
-        """Open a store connection and run the decision's queries once (a dry ``check``,
-        nothing stored) before the first call: otherwise that call pays for connecting
-        (a PostgreSQL connection can take longer than ``decision_timeout_ms``)."""
-        attempt = CallAttempt(tenant=None, caller=None, callee=None, at=self.clock(), pbx=PBX)
+        """:meth:`Enforcer.warm_up` in the background; a failure only costs the first calls
+        some latency (they still fail closed)."""
         try:
-            self.gate.call(self.enforcer.check, attempt, timeout=30.0)
+            self.gate.call(self.enforcer.warm_up, PBX, self.clock(), timeout=30.0)
         except Exception as exc:
             log.warning("store_warm_up_failed", error=type(exc).__name__,
                         note="the first calls may be slower; they still fail closed")

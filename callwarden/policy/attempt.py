@@ -39,6 +39,7 @@ class CallAttempt:
     pbx: str = "cli"
     pbx_call_id: str | None = None
     channel: str | None = None
+    node: str | None = None  # the PBX node (FreeSWITCH switchname): carried, never decided on
 
     def __post_init__(self) -> None:
         if self.at.tzinfo is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, bindparam, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from callwarden.config import Settings
@@ -32,6 +32,7 @@ from callwarden.service.recordings import RecordingService
 from callwarden.store import audit
 from callwarden.store.db import StoreUnavailable, make_engine, make_sessionmaker, unit_of_work
 from callwarden.store.facts import GLOBAL, load_facts
+from callwarden.store.fit import fit, widths
 from callwarden.store.models import Call, Recording, Refusal, utcnow
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ class InboundCall:
     pbx: str
     pbx_call_id: str | None = None
     channel: str | None = None
+    node: str | None = None  # the PBX node that took the call (FreeSWITCH switchname)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +108,31 @@ def _journal_entry(a: CallAttempt, call_id: str, route: str) -> dict:
     return {"call_id": call_id, "route": route, "tenant": a.tenant, "caller": a.caller,
             "callee": a.callee, "hidden": a.hidden, "trunk": a.trunk, "campaign": a.campaign,
             "purpose": a.purpose, "pbx": a.pbx, "pbx_call_id": a.pbx_call_id,
-            "channel": a.channel, "at": a.at.isoformat()}
+            "channel": a.channel, "node": a.node, "at": a.at.isoformat()}
 
 
 def _digits(number: Number | None, raw: str | None) -> str | None:
     return number.digits if number else (raw or None)
+
+
+def _journal_time(entry: dict) -> dt.datetime | None:
+    """The entry's time when the entry is one we wrote (a call id and an aware ISO time)."""
+    call_id, at = entry.get("call_id"), entry.get("at")
+    if not (isinstance(call_id, str) and 0 < len(call_id) <= 32 and isinstance(at, str)):
+        return None
+    try:
+        t = dt.datetime.fromisoformat(at)
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else None
+
+
+_CALL_WIDTHS = widths(Call.__table__)  # type: ignore[arg-type]
+
+
+def _pbx_id(pbx_call_id: str) -> str:
+    """The PBX call id as stored (cut to its column), for lookups."""
+    return pbx_call_id[:_CALL_WIDTHS["pbx_call_id"]]
 
 
 class Enforcer:
@@ -140,6 +162,13 @@ class Enforcer:
         """The decision the attempt would get; stores nothing."""
         with self.sessions() as session:
             return decide(attempt, load_facts(session, attempt, self.rules), self.rules)
+
+    def warm_up(self, pbx: str, at: dt.datetime) -> None:
+        """Open a store connection and run the decision's read once (a dry :meth:`check`,
+        nothing stored) before the first call: otherwise that call pays for connecting and
+        for the first compile, which on a busy host or a remote PostgreSQL can exceed
+        ``decision_timeout_ms`` and deny it POLICY_UNAVAILABLE. Raises what the store raises."""
+        self.check(CallAttempt(tenant=None, caller=None, callee=None, at=at, pbx=pbx))
 
     def decide(self, attempt: CallAttempt, route: str = "outbound") -> Outcome:
         """Decide and make the decision durable before answering; deny if the store fails."""
@@ -177,9 +206,19 @@ class Enforcer:
         self.journal.add(_journal_entry(attempt, uuid.uuid4().hex, route))
 
     def replay_journal(self) -> int:
-        """Store the denials taken while the store was down (skipping ones already stored)."""
+        """Store the denials taken while the store was down (skipping ones already stored).
+
+        A batch the store refuses outright (not an outage: a constraint or a value it cannot
+        take) would fail the same way on every later decision, so it is set aside in a file
+        of its own for an administrator, and the journal goes on."""
         try:
             n = self.journal.drain(self._store_journal_entries)
+        except (DataError, IntegrityError) as exc:
+            kept = self.journal.set_aside()
+            log.error("journal_rejected", error=type(exc).__name__, kept_in=str(kept),
+                      detail=(str(exc.orig).splitlines() or [""])[0][:200],
+                      action="set aside for an administrator; replay goes on")
+            return 0
         except (SQLAlchemyError, OSError, StoreUnavailable) as exc:
             log.warning("journal_replay_failed", error=type(exc).__name__)
             return 0
@@ -187,23 +226,30 @@ class Enforcer:
             log.info("journal_replayed", denials=n)
         return n
 
-    def _store_journal_entries(self, entries: list[dict]) -> None:
+    def _store_journal_entries(self, entries: list[dict]) -> int:
+        stored = 0
         with unit_of_work(self.sessions) as session:
             for e in entries:
+                at = _journal_time(e)
+                if at is None:  # hand-edited or foreign: nothing trustworthy to store
+                    log.error("journal_entry_skipped", reason="no call id or no valid time")
+                    continue
                 if session.get(Call, e["call_id"]) is not None:
                     continue
                 caller, callee = try_normalize(e.get("caller")), try_normalize(e.get("callee"))
-                session.add(Call(
+                session.add(Call(**fit(_CALL_WIDTHS, dict(
                     call_id=e["call_id"], tenant_id=e.get("tenant"), direction="outbound",
                     pbx=e.get("pbx") or "cli", pbx_call_id=e.get("pbx_call_id"),
-                    channel=e.get("channel"), caller=_digits(caller, e.get("caller")),
+                    node=e.get("node"), channel=e.get("channel"),
+                    caller=_digits(caller, e.get("caller")),
                     callee=_digits(callee, e.get("callee")), party=callee.digits if callee else None,
                     caller_hidden=bool(e.get("hidden")), trunk=e.get("trunk"),
                     campaign=e.get("campaign"), purpose=e.get("purpose"),
-                    attempted_at=dt.datetime.fromisoformat(e["at"]), decision="deny",
-                    reasons="POLICY_UNAVAILABLE", enforced=True))
+                    attempted_at=at, decision="deny", reasons="POLICY_UNAVAILABLE", enforced=True))))
                 audit.append(session, "pbx:" + (e.get("pbx") or "cli"), "decision_replayed",
                              e["call_id"], {**e, "decision": "deny", "reasons": ["POLICY_UNAVAILABLE"]})
+                stored += 1
+        return stored
 
     def _decide_durably(self, attempt: CallAttempt, call_id: str, started: float) -> Outcome:
         # Core statements, not ORM units: this is the per-call hot path.
@@ -214,7 +260,8 @@ class Enforcer:
             caller, callee = attempt.caller_number, attempt.callee_number
             row = {
                 "call_id": call_id, "tenant_id": attempt.tenant, "direction": "outbound",
-                "pbx": attempt.pbx, "pbx_call_id": attempt.pbx_call_id, "channel": attempt.channel,
+                "pbx": attempt.pbx, "pbx_call_id": attempt.pbx_call_id, "node": attempt.node,
+                "channel": attempt.channel,
                 "caller": _digits(caller, attempt.caller), "callee": _digits(callee, attempt.callee),
                 "party": callee.digits if callee else None, "caller_hidden": attempt.hidden,
                 "trunk": attempt.trunk, "campaign": attempt.campaign, "purpose": d.purpose,
@@ -222,6 +269,7 @@ class Enforcer:
                 "enforced": not observe, "consent_id": d.consent_id, "consent_basis": d.consent_basis,
                 "recording_id": None, "latency_ms": round((time.monotonic() - started) * 1000, 3),
             }
+            row = fit(_CALL_WIDTHS, row)
             conn = session.connection()
             conn.execute(_INSERT_CALL, row)
             relpath = None
@@ -271,13 +319,13 @@ class Enforcer:
         call_id = uuid.uuid4().hex
         caller, callee = try_normalize(call.caller), try_normalize(call.callee)
         with unit_of_work(self.sessions) as session:
-            session.add(Call(
+            session.add(Call(**fit(_CALL_WIDTHS, dict(
                 call_id=call_id, tenant_id=call.tenant, direction="inbound", pbx=call.pbx,
-                pbx_call_id=call.pbx_call_id, channel=call.channel,
+                pbx_call_id=call.pbx_call_id, node=call.node, channel=call.channel,
                 caller=_digits(caller, call.caller), callee=_digits(callee, call.callee),
                 party=caller.digits if caller else None, caller_hidden=caller is None,
                 attempted_at=call.at, decision="allow", reasons="",
-            ))
+            ))))
             audit.append(session, "pbx:" + call.pbx, "inbound", call_id,
                          {"tenant": call.tenant, "caller": _digits(caller, call.caller),
                           "callee": _digits(callee, call.callee)})
@@ -307,21 +355,23 @@ class Enforcer:
     def find_call(self, pbx: str, pbx_call_id: str) -> str | None:
         with self.sessions() as session:
             return session.scalar(select(Call.call_id).where(
-                Call.pbx == pbx, Call.pbx_call_id == pbx_call_id).order_by(Call.attempted_at.desc()).limit(1))
+                Call.pbx == pbx, Call.pbx_call_id == _pbx_id(pbx_call_id)).order_by(Call.attempted_at.desc()).limit(1))
 
     def call_ended(self, end: CallEnd) -> str | None:
         """Complete the CDR of the call the PBX reports as over; returns its call id."""
         with unit_of_work(self.sessions) as session:
             call = session.scalars(select(Call).where(
-                Call.pbx == end.pbx, Call.pbx_call_id == end.pbx_call_id,
+                Call.pbx == end.pbx, Call.pbx_call_id == _pbx_id(end.pbx_call_id),
             ).order_by(Call.attempted_at.desc()).limit(1)).first()
             if call is None:
                 return None
             call.ended_at = end.ended_at
             call.answered_at = end.answered_at or call.answered_at
             call.billsec = end.billsec if end.billsec is not None else call.billsec
-            call.disposition = end.disposition or call.disposition
-            call.hangup_cause = end.hangup_cause or call.hangup_cause
+            ends = fit(_CALL_WIDTHS, {"disposition": end.disposition,
+                                      "hangup_cause": end.hangup_cause})
+            call.disposition = ends["disposition"] or call.disposition
+            call.hangup_cause = ends["hangup_cause"] or call.hangup_cause
             audit.append(session, "pbx:" + end.pbx, "call_ended", call.call_id, {
                 "answered_at": end.answered_at, "ended_at": end.ended_at, "billsec": end.billsec,
                 "disposition": end.disposition, "hangup_cause": end.hangup_cause})
@@ -337,7 +387,7 @@ class Enforcer:
         number = try_normalize(new_caller)
         with unit_of_work(self.sessions) as session:
             call = session.scalars(select(Call).where(
-                Call.pbx == pbx, Call.pbx_call_id == pbx_call_id, Call.direction == "outbound",
+                Call.pbx == pbx, Call.pbx_call_id == _pbx_id(pbx_call_id), Call.direction == "outbound",
             ).order_by(Call.attempted_at.desc()).limit(1)).first()
             if call is None or call.decision != "allow" or call.ended_at is not None:
                 return None
@@ -352,14 +402,21 @@ class Enforcer:
                     new_caller=mask(number.digits) if number else "(hidden)", tear_down=tear_down)
         return call_id if tear_down else None
 
-    def open_calls(self, pbx: str, since: dt.datetime | None = None) -> list[tuple[str, str]]:
-        """(call id, PBX call id) of calls let through and not yet ended: for reconciliation."""
+    def open_calls(self, pbx: str, since: dt.datetime | None = None,
+                   node: str | None = None) -> list[tuple[str, str]]:
+        """(call id, PBX call id) of calls let through and not yet ended: for reconciliation.
+
+        ``node`` scopes it to one PBX node of several sharing the store: that node's calls and
+        those of unknown node (rows from before the node was recorded); other nodes' calls are
+        theirs to reconcile. None: every node's calls."""
         with self.sessions() as session:
             q = select(Call.call_id, Call.pbx_call_id).where(
                 Call.pbx == pbx, Call.ended_at.is_(None), Call.pbx_call_id.is_not(None),
                 Call.recording_id.is_not(None) | (Call.direction == "inbound"))
             if since is not None:
                 q = q.where(Call.attempted_at >= since)
+            if node is not None:
+                q = q.where((Call.node == node) | Call.node.is_(None))
             return [(a, b) for a, b in session.execute(q)]
 
     def now(self) -> dt.datetime:

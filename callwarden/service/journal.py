@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,29 @@ class OutageJournal:
             except OSError:
                 pass  # the caller has already logged the denial; nothing more can be kept
 
-    def drain(self, store: Callable[[list[dict[str, Any]]], None]) -> int:
-        """Hand every pending entry to ``store`` (which must skip ones it already has).
+    def set_aside(self) -> Path | None:
+        """Move the batch being replayed out of the way (``<journal>.rejected-<UTC time>``):
+        the store refused it, and retrying it would block every later replay. Returns where
+        it went (None if there was nothing)."""
+        with self._lock:
+            if not self.replaying.exists():
+                return None
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            target = self.path.with_name(f"{self.path.name}.rejected-{stamp}")
+            n = 1
+            while target.exists():
+                n += 1
+                target = self.path.with_name(f"{self.path.name}.rejected-{stamp}-{n}")
+            os.replace(self.replaying, target)
+            self._pending = self.path.exists()
+            return target
+
+    def drain(self, store: Callable[[list[dict[str, Any]]], int]) -> int:
+        """Hand every pending entry to ``store`` (which must skip ones it already has, and
+        returns how many it stored); returns that count.
 
         The file is removed only after ``store`` returns; if it raises, the entries stay for
-        the next attempt.
+        the next attempt (or are :meth:`set_aside`).
         """
         with self._lock:
             if not self.replaying.exists():
@@ -64,7 +83,7 @@ class OutageJournal:
                     entries.append(json.loads(line))
                 except ValueError:
                     continue  # a line cut short by a crash mid-write: nothing usable in it
-            store(entries)
+            stored = store(entries)
             self.replaying.unlink()
             self._pending = self.path.exists()
-            return len(entries)
+            return stored

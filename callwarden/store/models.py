@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -164,6 +165,13 @@ class Call(Base):
         # Serves frequency counts, callback windows and per-number audit searches.
         Index("ix_calls_party", "tenant_id", "party", "direction", "attempted_at"),
         Index("ix_calls_pbx", "pbx", "pbx_call_id"),
+        # Reconciliation (Enforcer.open_calls): the calls still open, per PBX (the node filter is
+        # applied to those few rows). Partial: tiny however many CDRs the store keeps. Same
+        # columns as ix_calls_pbx, so SQLite's planner prefers it for that query (with other
+        # columns it picks ix_calls_pbx for the `pbx_call_id IS NOT NULL` range and reads every
+        # CDR of the PBX).
+        Index("ix_calls_open", "pbx", "pbx_call_id", sqlite_where=text("ended_at IS NULL"),
+              postgresql_where=text("ended_at IS NULL")),
         Index("ix_calls_attempted", "attempted_at"),
         # Auditor searches (callwarden.audit): one tenant over a period, one number over a period
         # (exact or prefix, with or without a tenant).
@@ -177,6 +185,9 @@ class Call(Base):
     direction: Mapped[str] = mapped_column(String(8))  # outbound | inbound
     pbx: Mapped[str] = mapped_column(String(16))
     pbx_call_id: Mapped[str | None] = mapped_column(String(64))
+    # Which PBX node handled the call (FreeSWITCH: its switchname); NULL for rows from before
+    # migration 0005 and for PBXes that do not report one. Scopes reconciliation to its node.
+    node: Mapped[str | None] = mapped_column(String(64))
     channel: Mapped[str | None] = mapped_column(String(200))
     caller: Mapped[str | None] = mapped_column(String(40))  # canonical when parseable, else raw
     callee: Mapped[str | None] = mapped_column(String(40))

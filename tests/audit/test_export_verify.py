@@ -255,3 +255,53 @@ def test_export_refuses_to_overwrite_and_leaves_no_partial_file(world, run, bund
     shutil.copy(bundle, tmp_path / "copy.zip")
     export(run, tmp_path / "copy.zip", "--force", "--tenant", "beta")
     assert json.loads(zipfile.ZipFile(tmp_path / "copy.zip").read(B.MANIFEST))["counts"]["calls"] == 1
+
+
+def test_the_node_is_exported_and_checked(world, run, tmp_path):
+    from sqlalchemy import update
+
+    from callwarden.store.models import Call
+
+    with make_sessionmaker(make_engine(world.url))() as s:
+        s.execute(update(Call).where(Call.call_id == world.calls["a1"]).values(node="fs-a"))
+        s.commit()
+    out = tmp_path / "nodes.zip"
+    export(run, out, "--from", "2026-03-01", "--to", "2026-03-31")
+    with zipfile.ZipFile(out) as z:
+        calls = {c["call_id"]: c for c in json.loads(z.read(B.CALLS_JSON))}
+        rows = {r["call_id"]: r for r in csv.DictReader(io.StringIO(z.read(B.CALLS_CSV).decode()))}
+    a1 = world.calls["a1"]
+    assert calls[a1]["node"] == "fs-a" and rows[a1]["node"] == "fs-a"
+    assert run("audit", "verify", str(out)).exit_code == 0
+    # An edited node is caught like any other column.
+    edited = tmp_path / "edited.zip"
+    rezip(out, edited, B.CALLS_CSV, lambda d: d.replace(b",fs-a\r\n", b",fs-b\r\n"))
+    assert "differs from calls.json in node" in failures(run, edited)
+
+
+def test_a_bundle_exported_before_the_node_column_still_verifies(world, run, tmp_path, monkeypatch):
+    """Bundles from before the upgrade: calls.csv without `node`, calls.json rows without it."""
+    import callwarden.audit.export as export_mod
+    from callwarden.audit import search as search_mod
+
+    def old_row(*args, **kw):
+        row = search_mod.call_row(*args, **kw)
+        row.pop("node")
+        return row
+
+    old = tmp_path / "old.zip"
+    with monkeypatch.context() as m:
+        m.setattr(export_mod, "CSV_COLUMNS", search_mod.CSV_COLUMNS_V1)
+        m.setattr(export_mod, "csv_values",
+                  lambda row: search_mod.csv_values(row, search_mod.CSV_COLUMNS_V1))
+        m.setattr(export_mod, "call_row", old_row)
+        export(run, old, "--from", "2026-03-01", "--to", "2026-03-31")
+    with zipfile.ZipFile(old) as z:
+        header = next(csv.reader(io.StringIO(z.read(B.CALLS_CSV).decode())))
+        assert "node" not in header and "node" not in json.loads(z.read(B.CALLS_JSON))[0]
+    r = run("audit", "verify", str(old))
+    assert r.exit_code == 0 and r.output.startswith("OK"), r.output
+    # ... and is still checked column by column.
+    edited = tmp_path / "old-edited.zip"
+    rezip(old, edited, B.CALLS_CSV, lambda d: d.replace(b"ANSWERED", b"BUSY", 1))
+    assert "differs from calls.json in disposition" in failures(run, edited)

@@ -205,3 +205,15 @@ def test_typical_auditor_queries_use_an_index(world, kw, indexes):
             plan = " ".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + str(compiled), compiled.construct_params()))
             assert "Seq Scan on calls" not in plan
     assert any(ix in plan for ix in indexes), plan
+
+
+def test_the_node_is_in_json_and_last_in_csv(world, run):
+    with make_sessionmaker(make_engine(world.url))() as s:  # a1 as if taken by FreeSWITCH node fs-a
+        s.execute(update(Call).where(Call.call_id == world.calls["a1"]).values(node="fs-a"))
+        s.commit()
+    rows = {r["call_id"]: r for r in json.loads(run("audit", "search", "--json").output)}
+    assert rows[world.calls["a1"]]["node"] == "fs-a" and rows[world.calls["a2"]]["node"] is None
+    out = list(csv.reader(io.StringIO(run("audit", "search", "--csv").output)))
+    assert out[0][-1] == "node" and out[0][:-1] == CSV_COLUMNS[:-1]
+    got = {row[0]: row[-1] for row in out[1:]}
+    assert got[world.calls["a1"]] == "fs-a" and got[world.calls["a2"]] == ""

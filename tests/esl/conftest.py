@@ -81,12 +81,16 @@ class EslRig:
     """One adapter process + one simulated FreeSWITCH + one store."""
 
     def __init__(self, workdir: Path, store_url: str, *, at: dt.datetime = MONDAY_10AM,
-                 inbound: bool = True, password: str = "ClueCon", **overrides: Any):
+                 inbound: bool = True, password: str = "ClueCon", switchname: str | None = None,
+                 **overrides: Any):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.store_url = store_url
         self.at = at
-        self.switch = FreeSwitch(clock=VirtualClock(int(at.timestamp() * 1_000_000)))
+        # ``switchname``: the simulated switch's name (FreeSWITCH-Switchname; default "vm", as
+        # in the captures); several rigs on one store with different names are several nodes.
+        self.switch = FreeSwitch(clock=VirtualClock(int(at.timestamp() * 1_000_000)),
+                                 switchname=switchname)
         self.fs: FsEventSocketServer | None = (
             FsEventSocketServer(self.switch, password=password).start() if inbound else None)
         freeswitch: dict[str, Any] = {"esl_outbound": {"host": "127.0.0.1", "port": 8084,

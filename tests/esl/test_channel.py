@@ -34,6 +34,7 @@ def test_channel_info_from_the_captured_connect_reply() -> None:
     assert info.caller == "0000000000" and info.destination == "1001"
     assert info.hidden is False and info.tenant is None
     assert (info.socket_mode, info.control) == ("async", "full")
+    assert info.node == "vm"  # FreeSWITCH-Switchname of the captured switch
 
 
 def test_channel_variables_are_read_and_trimmed() -> None:
@@ -61,6 +62,31 @@ def test_channel_variables_are_read_and_trimmed() -> None:
 ])
 def test_presentation_restricted(headers: dict[str, str], hidden: bool) -> None:
     assert ch.caller_hidden(headers) is hidden
+
+
+@pytest.mark.parametrize(("raw", "node"), [
+    ("fs-a", "fs-a"), ("  fs-a\t", "fs-a"), ("节点-1", "节点-1"), (None, None), ("", None),
+    ("   ", None), ("fs\na", None), ("fs\x00a", None), ("x" * 200, "x" * ch.NODE_MAX_LEN),
+])
+def test_node_names_are_bounded_and_printable(raw: str | None, node: str | None) -> None:
+    assert ch.node_name(raw) == node
+    data = {**_connect_reply(), ch.SWITCHNAME_HEADER: raw} if raw is not None else {
+        k: v for k, v in _connect_reply().items() if k != ch.SWITCHNAME_HEADER}
+    assert ch.channel_info(data).node == node
+
+
+def test_node_width_is_the_same_for_the_config_the_adapter_and_the_store() -> None:
+    from callwarden.config.model import SWITCHNAME_MAX_LEN
+    from callwarden.store.models import Call
+
+    assert ch.NODE_MAX_LEN == SWITCHNAME_MAX_LEN == Call.__table__.c.node.type.length
+
+
+def test_every_captured_event_names_its_switch() -> None:
+    """What the listener learns its node from."""
+    assert _captured_event("CHANNEL_ANSWER")[ch.SWITCHNAME_HEADER] == "vm"
+    assert _captured_event("CHANNEL_HANGUP_COMPLETE", "inbound_events_same_call.txt")[
+        ch.SWITCHNAME_HEADER] == "vm"
 
 
 def test_hangup_info_from_the_captured_hangup_complete() -> None:

@@ -85,7 +85,9 @@ def test_event_socket_drop_loses_no_cdr(rig: EslRig) -> None:
     assert rig.cdr(ended_offline.uuid).ended_at is None
     rig.fs.accept_again()
     wait_until(lambda: len(rig.events("esl_inbound_connected")) > before, timeout=10)
-    # Reconciliation: the store's open calls against `show channels`.
+    # Reconciliation: the store's open calls against `show channels`, once an event on the new
+    # connection has named the switch (FreeSWITCH's HEARTBEAT, every 20 s).
+    rig.switch.heartbeat()
     cdr = wait_until(lambda: (c := rig.cdr(ended_offline.uuid)) and c.ended_at and c, timeout=10)
     assert cdr.disposition == "UNKNOWN"
     wait_until(lambda: any(e.get("pbx_call_id") == ended_offline.uuid

@@ -81,6 +81,7 @@ LOCATIONS: dict[str, tuple[str, str, int]] = {
     "CALL_UPDATE": ("sofia.c", "sofia_update_callee_id", 1249),
     "BACKGROUND_JOB": ("mod_event_socket.c", "api_exec", 1557),
     "CUSTOM": ("mod_event_socket.c", "parse_command", 1938),
+    "HEARTBEAT": ("switch_core.c", "send_heartbeat", 74),
 }
 
 # Event types that carry the channel variables (source: switch_channel_event_set_extended_data).
@@ -696,6 +697,32 @@ class FreeSwitch:
             ("Event-Calling-Function", func), ("Event-Calling-Line-Number", str(line)),
             ("Event-Sequence", str(seq)),
         ])
+
+    def heartbeat(self) -> SimEvent:
+        """The HEARTBEAT FreeSWITCH sends every ``event-heartbeat-interval`` (20 s by default);
+        not sent on its own here, tests fire it. Header names: source (send_heartbeat);
+        values modelled."""
+        up = self.uptime_us()
+        with self.lock:
+            current, total, peak = len(self.channels), self.sessions_since_startup, self.sessions_peak
+        secs, usec = divmod(up, 1_000_000)
+        minutes, seconds = divmod(secs, 60)
+        hours, minutes = divmod(minutes, 60)
+        days, hours = divmod(hours, 24)
+        ev = self.new_event("HEARTBEAT")
+        ev.headers += [
+            ("Event-Info", "System Ready"),
+            ("Up-Time", f"0 years, {days} days, {hours} hours, {minutes} minutes, {seconds} seconds, "
+                        f"{usec // 1000} milliseconds, {usec % 1000} microseconds"),
+            ("FreeSWITCH-Version", "1.10.12-release~64bit"), ("Uptime-msec", str(up // 1000)),
+            ("Session-Count", str(current)), ("Max-Sessions", "200"), ("Session-Per-Sec", "50"),
+            ("Session-Per-Sec-Last", "0"), ("Session-Per-Sec-Max", "0"),
+            ("Session-Per-Sec-FiveMin", "0"), ("Session-Since-Startup", str(total)),
+            ("Session-Peak-Max", str(peak)), ("Session-Peak-FiveMin", str(peak)),
+            ("Idle-CPU", "99.630000"),
+        ]
+        self.fire(ev)
+        return ev
 
     def fire(self, event: SimEvent) -> None:
         """Deliver to every listener whose subscription matches (source: event_handler)."""

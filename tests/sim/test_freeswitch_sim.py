@@ -680,6 +680,22 @@ def test_inbound_bgapi_background_job():
         c.close()
 
 
+def test_inbound_heartbeat_names_the_switch():
+    """What a listener learns the switch's name from when no call is up (FreeSWITCH sends it
+    every 20 s; the simulator when the test says so)."""
+    sw = FreeSwitch(hostname="pbx01", switchname="fs-a")
+    with FsEventSocketServer(sw) as fs:
+        c = inbound_client(fs)
+        c.command("event plain HEARTBEAT")
+        sw.heartbeat()
+        head, body = c.frame()
+        ev = dict(parse_event_body(body))
+        assert head["Content-Type"] == "text/event-plain" and ev["Event-Name"] == "HEARTBEAT"
+        assert (ev["FreeSWITCH-Switchname"], ev["FreeSWITCH-Hostname"]) == ("fs-a", "pbx01")
+        assert ev["Event-Info"] == "System%20Ready" and ev["Session-Count"] == "0"  # url-encoded
+        c.close()
+
+
 def test_inbound_drop_refuse_and_reconnect():
     with FsEventSocketServer() as fs:
         c = inbound_client(fs)

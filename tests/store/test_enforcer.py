@@ -228,3 +228,131 @@ def test_denials_during_an_outage_reach_the_store_when_it_is_back(sqlite_url, ma
         assert (call.decision, call.reason_codes, call.pbx_call_id) == ("deny", ["POLICY_UNAVAILABLE"], "during-outage")
         assert verify_chain(s) == []
     assert e.replay_journal() == 0  # nothing twice
+
+
+# -- the node a call was handled by (several FreeSWITCH nodes on one store) --------------------
+
+
+def test_the_node_is_stored_with_decisions_and_inbound_calls(enforcer):
+    out = enforcer.decide(attempt(pbx="freeswitch", pbx_call_id="u-a", node="fs-a"))
+    denied = enforcer.decide(attempt(callee="13900139000", pbx="freeswitch", node="fs-a"))
+    inbound = enforcer.log_inbound(InboundCall("acme", "13600136000", "95512", at("2026-03-02 09:00"),
+                                               "freeswitch", "u-in", node="fs-b"))
+    legacy = enforcer.decide(attempt(pbx_call_id="1795480861.26"))  # no node (Asterisk, cli)
+    with enforcer.sessions() as s:
+        assert s.get(Call, out.call_id).node == "fs-a" and s.get(Call, denied.call_id).node == "fs-a"
+        assert s.get(Call, inbound).node == "fs-b" and s.get(Call, legacy.call_id).node is None
+
+
+def test_open_calls_are_scoped_to_a_node_and_to_calls_of_no_known_node(seeded_url, make_settings):
+    enforcer = Enforcer(make_settings(seeded_url, frequency={"per_day": 100, "per_week": 700}))
+
+    def let_through(uuid: str, node: str | None) -> str:
+        out = enforcer.decide(attempt(pbx="freeswitch", pbx_call_id=uuid, node=node))
+        assert out.let_through
+        return out.call_id
+
+    a, b, old = let_through("u-a", "fs-a"), let_through("u-b", "fs-b"), let_through("u-old", None)
+    ended = let_through("u-a-ended", "fs-a")
+    enforcer.call_ended(CallEnd("freeswitch", "u-a-ended", at("2026-03-02 10:05")))
+    inbound = enforcer.log_inbound(InboundCall("acme", "13600136000", "95512", at("2026-03-02 10:00"),
+                                               "freeswitch", "u-in-b", node="fs-b"))
+    assert ended not in {c for c, _ in enforcer.open_calls("freeswitch")}
+    assert set(enforcer.open_calls("freeswitch")) == {
+        (a, "u-a"), (b, "u-b"), (old, "u-old"), (inbound, "u-in-b")}
+    assert set(enforcer.open_calls("freeswitch", node="fs-a")) == {(a, "u-a"), (old, "u-old")}
+    assert set(enforcer.open_calls("freeswitch", None, "fs-b")) == {
+        (b, "u-b"), (old, "u-old"), (inbound, "u-in-b")}
+    assert set(enforcer.open_calls("freeswitch", node="fs-c")) == {(old, "u-old")}
+    # `since` and `node` combine; the Asterisk reconciler's positional form still works.
+    assert enforcer.open_calls("freeswitch", at("2026-03-02 11:00"), "fs-a") == []
+    assert enforcer.open_calls("asterisk", None) == []
+
+
+def test_a_denial_journalled_during_an_outage_keeps_its_node(sqlite_url, make_settings):
+    import sqlite3
+
+    seed(sqlite_url)
+    e = Enforcer(make_settings(sqlite_url, decision_timeout_ms=100))
+    blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        lost = e.decide(attempt(pbx="freeswitch", pbx_call_id="u-outage", node="fs-a"))
+    finally:
+        blocker.execute("ROLLBACK")
+    assert lost.decision.codes == ("POLICY_UNAVAILABLE",)
+    assert '"node":"fs-a"' in e.journal.path.read_text(encoding="utf-8")
+    assert e.replay_journal() == 1
+    with e.sessions() as s:
+        call = s.get(Call, lost.call_id)
+        assert (call.node, call.pbx, call.pbx_call_id) == ("fs-a", "freeswitch", "u-outage")
+
+
+# -- values longer than their columns (the PBX puts no limit on them) ---------------------------
+
+
+def test_over_long_pbx_values_are_decided_and_stored_cut_not_failed_closed(enforcer):
+    """PostgreSQL refuses a too-long value: without the cut such a call would be denied
+    POLICY_UNAVAILABLE and its journal entry would never replay."""
+    long_id = "node-with-a-very-long-systemname-" + "x" * 80 + ".1"
+    out = enforcer.decide(attempt(channel="PJSIP/" + "c" * 300, pbx_call_id=long_id,
+                                  node="n" * 100, campaign="k" * 100))
+    odd = enforcer.decide(attempt(tenant="t" * 100, callee="9" * 300, trunk="r" * 200))
+    assert out.decision.codes == ("CAMPAIGN_UNKNOWN",) or "POLICY_UNAVAILABLE" not in out.decision.codes
+    assert "POLICY_UNAVAILABLE" not in odd.decision.codes and "TENANT_UNKNOWN" in odd.decision.codes
+    inbound = enforcer.log_inbound(InboundCall("acme", "1" * 300, "95512", at("2026-03-02 09:00"),
+                                               "asterisk", long_id + "-in", channel="c" * 300))
+    with enforcer.sessions() as s:
+        call = s.get(Call, out.call_id)
+        assert (len(call.channel), len(call.pbx_call_id), len(call.node), len(call.campaign)) == \
+            (200, 64, 64, 64)
+        assert call.channel.startswith("PJSIP/ccc") and call.pbx_call_id == long_id[:64]
+        other = s.get(Call, odd.call_id)
+        assert (len(other.tenant_id), len(other.callee), len(other.trunk)) == (64, 40, 100)
+        assert len(s.get(Call, inbound).caller) == 40
+    # the PBX keeps sending the full id: lookups find the stored call
+    assert enforcer.find_call("asterisk", long_id) == out.call_id
+    assert enforcer.call_ended(CallEnd("asterisk", long_id, at("2026-03-02 10:05"),
+                                       disposition="D" * 100, hangup_cause="H" * 100)) == out.call_id
+    with enforcer.sessions() as s:
+        call = s.get(Call, out.call_id)
+        assert (len(call.disposition), len(call.hangup_cause)) == (32, 64)
+
+
+def test_an_over_long_journalled_denial_replays(store_url, make_settings, tmp_path):
+    seed(store_url)
+    e = Enforcer(make_settings(store_url))
+    e.journal_denial(attempt(channel="c" * 300, pbx_call_id="p" * 100, callee="9" * 300))
+    assert e.replay_journal() == 1 and not e.journal.pending
+    with e.sessions() as s:
+        call = s.scalars(select(Call)).one()
+        assert (call.reason_codes, len(call.channel), len(call.pbx_call_id)) == \
+            (["POLICY_UNAVAILABLE"], 200, 64)
+
+
+def test_journal_entries_the_store_cannot_take_are_set_aside(store_url, make_settings):
+    """Garbage entries are skipped; a batch the store refuses outright is moved aside and
+    replay goes on with later denials instead of failing on every decision for ever."""
+    seed(store_url)
+    e = Enforcer(make_settings(store_url))
+    e.journal.add({"call_id": "no-time"})
+    e.journal.add({"call_id": "f" * 32, "at": "yesterday"})
+    e.journal_denial(attempt(pbx_call_id="good"))
+    assert e.replay_journal() == 1  # the good one; two skipped
+
+    e.journal.add({"call_id": "a" * 32, "at": "2026-03-02T10:00:00+08:00", "pbx": "asterisk"})
+    with pytest.MonkeyPatch.context() as mp:
+        from sqlalchemy.exc import DataError
+
+        def refuse(entries):  # what PostgreSQL raises for a value it cannot take
+            raise DataError("INSERT ...", {}, Exception("value too long for type character varying(32)"))
+
+        mp.setattr(e, "_store_journal_entries", refuse)
+        assert e.replay_journal() == 0
+    assert not e.journal.pending
+    rejected = list(e.journal.path.parent.glob(e.journal.path.name + ".rejected-*"))
+    assert len(rejected) == 1 and '"a' in rejected[0].read_text(encoding="utf-8")
+    e.journal_denial(attempt(pbx_call_id="after"))
+    assert e.replay_journal() == 1  # later denials replay again
+    with e.sessions() as s:
+        assert sorted(s.scalars(select(Call.pbx_call_id))) == ["after", "good"]

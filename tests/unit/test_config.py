@@ -74,3 +74,33 @@ def test_env_var_names_the_default_file(tmp_path, monkeypatch):
 
 def test_day_end_24_00_is_accepted():
     assert parse_settings({"calling_hours": {"window": "00:00-24:00"}}).calling_hours.window.contains(dt.time(23, 59))
+
+
+def test_freeswitch_switchname_is_optional_and_trimmed():
+    assert parse_settings({"freeswitch": {}}).freeswitch.switchname is None
+    fs = parse_settings({"freeswitch": {"switchname": " fs-node-1 "}}).freeswitch
+    assert fs.switchname == "fs-node-1"
+    assert parse_settings({"freeswitch": {"switchname": "x" * 64}}).freeswitch.switchname == "x" * 64
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("", "freeswitch.switchname: '': must not be empty"),
+    ("   ", "freeswitch.switchname: '   ': must not be empty"),
+    ("x" * 65, "must be at most 64 characters"),
+    ("fs\nnode", "must not contain control characters"),
+    (12, "freeswitch.switchname: 12: must be a string (quote it in YAML"),
+    (["fs-a"], "freeswitch.switchname: ['fs-a']: must be a string"),
+])
+def test_a_bad_freeswitch_switchname_names_the_key(value, needle):
+    with pytest.raises(ConfigError) as e:
+        parse_settings({"freeswitch": {"switchname": value}})
+    assert needle in str(e.value)
+
+
+def test_freeswitch_switchname_from_a_yaml_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("freeswitch:\n  switchname: fs-a\n")
+    assert load_settings(f).freeswitch.switchname == "fs-a"
+    f.write_text("freeswitch:\n  switchname: 01\n")  # YAML reads a number: refused, not mangled
+    with pytest.raises(ConfigError, match="freeswitch.switchname: 1: must be a string"):
+        load_settings(f)
