@@ -112,9 +112,18 @@ def serve(config_path: str | None) -> int:
     log.info("freeswitch_adapter_ready", pid=os.getpid(), outbound_port=port,
              inbound=f"{inbound.host}:{inbound.port}" if inbound else None, mode=settings.mode)
 
+    from callwarden.policing.service import start_in_thread
+
+    # The seat-rental detector. A child of `callwarden serve` (report socket) leaves it to the
+    # parent, which runs it beside the Asterisk adapter.
+    policing = None if ops.report_socket else start_in_thread(
+        settings, observer=ops.metrics.detector_pass)
+
     def stop() -> None:
         ops.stop()
         service.stop()
+        if policing is not None:  # after the calls drained: joining blocks the hub
+            policing.stop()
 
     return wait_for_signal(stop, log)
 

@@ -207,8 +207,11 @@ class Detector:
             self.observer(result)
         return result
 
-    def run_forever(self, stop: threading.Event) -> None:
-        """A pass every ``interval_s`` until ``stop`` is set (``callwarden police``)."""
+    def run_forever(self, stop: threading.Event, first_delay_s: float = 0.0) -> None:
+        """A pass every ``interval_s`` until ``stop`` is set (``callwarden police``, and the
+        FreeSWITCH process's policing thread, which waits ``first_delay_s`` before the first)."""
+        if first_delay_s and stop.wait(first_delay_s):
+            return
         while not stop.is_set():
             self._safe_pass()
             stop.wait(self.cfg.interval_s)

@@ -108,6 +108,8 @@ def stack_config(tmp_path: Path, url: str, *, ami_port: int | None, esl_port: in
         "frequency": {"per_day": 1000, "per_week": 7000},
         "metrics": {"host": "127.0.0.1", "port": free_port()},
         "policing": {"enabled": False},
+        # not a test of the deadline: a loaded host must not turn a slow commit into a deny
+        "decision_timeout_ms": 5000,
     }
     if ami_port is not None:
         config["asterisk"] = {
@@ -276,3 +278,30 @@ def test_detector_passes_inside_serve_are_counted(tmp_path, seeded_url, ami) -> 
         assert value(m, "callwarden_purged_total", kind="recording") == 0
     finally:
         assert serve.stop() == 0
+
+
+def test_freeswitch_only_serve_runs_the_detector(tmp_path, seeded_url, esl_server) -> None:
+    """Without asterisk:, `serve` is the gevent FreeSWITCH process: the detector runs there (a
+    native thread), is counted on that process's own endpoint, and stops with it."""
+    serve = Serve(tmp_path, stack_config(tmp_path, seeded_url, ami_port=None,
+                                         esl_port=esl_server.address[1],
+                                         policing={"enabled": True, "interval_s": 5}))
+    try:
+        serve.health_until(200)
+        deadline = time.monotonic() + 30  # the first pass starts 5 s after serve
+        while value(samples(serve.metrics_port), "callwarden_detector_runs_total",
+                    outcome="ok") != 1:
+            assert time.monotonic() < deadline, serve.log.read_text()[-2000:]
+            time.sleep(0.5)
+        assert [e.get("runner") for e in serve.events("policing_started")] == ["thread"]
+        engine = create_engine(seeded_url)
+        try:
+            with Session(engine) as s:
+                assert s.scalars(select(Alert)).all(), "the pass raised the seeded registry's alerts"
+        finally:
+            engine.dispose()
+        # calls are still answered while the detector thread runs
+        assert fs_call(serve, REFUSED).variables_set["callwarden_decision"] == "deny"
+    finally:
+        assert serve.stop() == 0
+    assert serve.events("policing_pass"), "a pass must have been logged"
