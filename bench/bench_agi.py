@@ -5,18 +5,21 @@ simulator's ``AgiCall``, real TCP, in this process):
 
   baseline    panoramisk's stock ``Application`` with one route that only answers
               ``SET VARIABLE CALLWARDEN_DECISION allow``: the floor for any AGI-based module
-  callwarden  the real server (``AsteriskAdapter``) on SQLite: reads the channel variables,
-              decides (facts, CDR row, audit-chain entry, commit), starts MixMonitor, sets the
-              result variables
+  callwarden  the real server (``AsteriskAdapter``) on SQLite and on PostgreSQL: reads the
+              channel variables, decides (facts, CDR row, audit-chain entry, commit), starts
+              MixMonitor, sets the result variables
 
 At 1, 50 and 200 concurrent simulated calls, each worker places calls back to back for a fixed
 time; a call's latency is the whole FastAGI session as Asterisk sees it, from connect until the
 server closes and the dialplan can go on. Prints calls/s, p50 and p99, the outcome mix (a
 decision that misses ``decision_timeout_ms`` is denied POLICY_UNAVAILABLE: fail closed), and
-callwarden/baseline ratios. No assertions on time.
+callwarden/baseline ratios. No assertions on time. SQLite takes one writer at a time, so its
+figures at 50 and 200 concurrent calls are the embedded store's capacity; PostgreSQL decides in
+parallel. PostgreSQL: $CALLWARDEN_BENCH_PG (default postgresql+psycopg://postgres@127.0.0.1:5432/test),
+in a schema of its own that is dropped afterwards.
 
-    python bench/bench_agi.py                 # about 1 minute
-    python bench/bench_agi.py --seconds 2     # quicker
+    python bench/bench_agi.py                           # about 2 minutes
+    python bench/bench_agi.py --seconds 2 --backends sqlite
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -37,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.sim.asterisk import AgiCall, AgiTiming, Pbx  # noqa: E402
 
+PG_URL = os.environ.get("CALLWARDEN_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 CST = dt.timezone(dt.timedelta(hours=8))
 MONDAY_10AM = dt.datetime(2026, 3, 2, 10, 0, tzinfo=CST)  # inside calling hours, always
 CALLEES = 5000
@@ -89,13 +94,13 @@ def serve_baseline(port_out: mp.Queue) -> None:
     asyncio.run(main())
 
 
-def serve_callwarden(port_out: mp.Queue, workdir: str) -> None:
+def serve_callwarden(port_out: mp.Queue, url: str, workdir: str) -> None:
     from callwarden.agi import AsteriskAdapter
     from callwarden.config import parse_settings
     from callwarden.service.enforcer import Enforcer
 
     settings = parse_settings({
-        "store": {"url": f"sqlite:///{workdir}/callwarden.db"},
+        "store": {"url": url},
         "recording": {"dir": f"{workdir}/rec"},
         "frequency": {"per_day": 1000, "per_week": 7000},
         "logging": {"format": "json", "level": "warning"},
@@ -114,12 +119,12 @@ def serve_callwarden(port_out: mp.Queue, workdir: str) -> None:
     asyncio.run(main())
 
 
-def prepare_store(workdir: str) -> None:
+def prepare_store(url: str) -> None:
     from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
     from callwarden.store.migrate import upgrade
     from callwarden.store.registry import Registry
 
-    engine = make_engine(f"sqlite:///{workdir}/callwarden.db")
+    engine = make_engine(url)
     upgrade(engine)
     with unit_of_work(make_sessionmaker(engine)) as s:
         Registry(s, "bench").import_document(registry())
@@ -168,37 +173,62 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+def run_levels(servers: dict[str, tuple[mp.Process, int]], seconds: float) -> None:
+    for _, port in servers.values():  # warm up: connections, caches, pages
+        asyncio.run(load(port, 4, 1.0))
+    print(f"{'concurrent':>10} {'server':<11} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}  outcomes")
+    for level in LEVELS:
+        figures = {}
+        for name, (_, port) in servers.items():
+            lat, outcomes = asyncio.run(load(port, level, seconds))
+            rate = len(lat) / seconds
+            figures[name] = (rate, pct(lat, 0.5), pct(lat, 0.99))
+            mix = ", ".join(f"{k} {v}" for k, v in outcomes.most_common())
+            print(f"{level:>10} {name:<11} {rate:>9.0f} {figures[name][1]:>8.2f} "
+                  f"{figures[name][2]:>8.2f}  {mix}")
+        (b_rate, b50, b99), (c_rate, c50, c99) = figures["baseline"], figures["callwarden"]
+        print(f"{'':>10} {'ratio':<11} {c_rate / b_rate:>8.2f}x {c50 / b50:>7.1f}x "
+              f"{c99 / b99:>7.1f}x  (callwarden / baseline)")
+
+
+def bench_backend(label: str, url: str, workdir: str, seconds: float) -> None:
+    prepare_store(url)
+    servers = {"baseline": start(serve_baseline), "callwarden": start(serve_callwarden, url, workdir)}
+    try:
+        print(f"\nFastAGI outbound route, {os.cpu_count()} CPUs, {label} store with {CALLEES} "
+              f"consented callees; {seconds:g} s per level; latency = whole AGI session "
+              "(connect -> server closes)")
+        run_levels(servers, seconds)
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="per level and server")
+    parser.add_argument("--backends", default="sqlite,postgresql")
     args = parser.parse_args()
 
+    from sqlalchemy import create_engine, text
+
     with tempfile.TemporaryDirectory(prefix="bench_agi_") as workdir:
-        prepare_store(workdir)
-        servers = {"baseline": start(serve_baseline), "callwarden": start(serve_callwarden, workdir)}
-        try:
-            for _, port in servers.values():  # warm up: connections, caches, SQLite pages
-                asyncio.run(load(port, 4, 1.0))
-            print(f"FastAGI outbound route, {os.cpu_count()} CPUs, SQLite (WAL) store with "
-                  f"{CALLEES} consented callees; {args.seconds:g} s per level; latency = whole "
-                  "AGI session (connect -> server closes)")
-            print(f"{'concurrent':>10} {'server':<11} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}  outcomes")
-            for level in LEVELS:
-                figures = {}
-                for name, (_, port) in servers.items():
-                    lat, outcomes = asyncio.run(load(port, level, args.seconds))
-                    rate = len(lat) / args.seconds
-                    figures[name] = (rate, pct(lat, 0.5), pct(lat, 0.99))
-                    mix = ", ".join(f"{k} {v}" for k, v in outcomes.most_common())
-                    print(f"{level:>10} {name:<11} {rate:>9.0f} {figures[name][1]:>8.2f} "
-                          f"{figures[name][2]:>8.2f}  {mix}")
-                (b_rate, b50, b99), (c_rate, c50, c99) = figures["baseline"], figures["callwarden"]
-                print(f"{'':>10} {'ratio':<11} {c_rate / b_rate:>8.2f}x {c50 / b50:>7.1f}x "
-                      f"{c99 / b99:>7.1f}x  (callwarden / baseline)")
-        finally:
-            for proc, _ in servers.values():
-                proc.terminate()
-                proc.join(5)
+        for backend in args.backends.split(","):
+            if backend == "sqlite":
+                bench_backend("SQLite (WAL)", f"sqlite:///{workdir}/callwarden.db", workdir,
+                              args.seconds)
+                continue
+            schema = "bench_agi_" + uuid.uuid4().hex[:8]
+            admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+            with admin.connect() as c:
+                c.execute(text(f'CREATE SCHEMA "{schema}"'))
+            try:
+                bench_backend("PostgreSQL", f"{PG_URL}?options=-csearch_path%3D{schema}", workdir,
+                              args.seconds)
+            finally:
+                with admin.connect() as c:
+                    c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+                admin.dispose()
 
 
 if __name__ == "__main__":
