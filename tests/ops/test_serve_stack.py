@@ -79,6 +79,13 @@ class Serve:
             time.sleep(0.2)
         raise AssertionError(f"/healthz never answered {status}: {last}\n{self.log.read_text()[-3000:]}")
 
+    def first_detector_pass(self, timeout: float = 30.0) -> None:
+        """Wait until /metrics counts one successful detector pass (the first starts 5 s in)."""
+        deadline = time.monotonic() + timeout
+        while value(samples(self.metrics_port), "callwarden_detector_runs_total", outcome="ok") != 1:
+            assert time.monotonic() < deadline, self.log.read_text()[-2000:]
+            time.sleep(0.5)
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -255,11 +262,7 @@ def test_detector_passes_inside_serve_are_counted(tmp_path, seeded_url, ami) -> 
                                          policing={"enabled": True, "interval_s": 5}))
     try:
         serve.health_until(200)
-        deadline = time.monotonic() + 30  # the first pass starts 5 s after serve
-        while value(samples(serve.metrics_port), "callwarden_detector_runs_total",
-                    outcome="ok") != 1:
-            assert time.monotonic() < deadline, serve.log.read_text()[-2000:]
-            time.sleep(0.5)
+        serve.first_detector_pass()
         m = samples(serve.metrics_port)
         assert value(m, "callwarden_detector_last_success_timestamp_seconds") > time.time() - 60
         # the alerts that pass raised (the seeded registry lacks some proofs) are counted from
@@ -288,11 +291,7 @@ def test_freeswitch_only_serve_runs_the_detector(tmp_path, seeded_url, esl_serve
                                          policing={"enabled": True, "interval_s": 5}))
     try:
         serve.health_until(200)
-        deadline = time.monotonic() + 30  # the first pass starts 5 s after serve
-        while value(samples(serve.metrics_port), "callwarden_detector_runs_total",
-                    outcome="ok") != 1:
-            assert time.monotonic() < deadline, serve.log.read_text()[-2000:]
-            time.sleep(0.5)
+        serve.first_detector_pass()
         assert [e.get("runner") for e in serve.events("policing_started")] == ["thread"]
         engine = create_engine(seeded_url)
         try:

@@ -22,6 +22,20 @@ def attempt(**kw) -> CallAttempt:
     return CallAttempt(**base)
 
 
+def decide_while_locked(e: Enforcer, sqlite_url: str, a: CallAttempt):  # type: ignore[no-untyped-def]
+    """Decide while another connection holds the SQLite store exclusively (an outage)."""
+    import sqlite3
+
+    seed(sqlite_url)
+    blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        return e.decide(a)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
 @pytest.fixture
 def enforcer(seeded_url, make_settings) -> Enforcer:
     return Enforcer(make_settings(seeded_url))
@@ -210,16 +224,8 @@ def test_decision_past_its_deadline_is_not_committed(enforcer, monkeypatch):
 
 
 def test_denials_during_an_outage_reach_the_store_when_it_is_back(sqlite_url, make_settings):
-    import sqlite3
-
-    seed(sqlite_url)
     e = Enforcer(make_settings(sqlite_url, decision_timeout_ms=100))
-    blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")
-    try:
-        lost = e.decide(attempt(pbx_call_id="during-outage"))
-    finally:
-        blocker.execute("ROLLBACK")
+    lost = decide_while_locked(e, sqlite_url, attempt(pbx_call_id="during-outage"))
     assert lost.decision.codes == ("POLICY_UNAVAILABLE",) and e.journal.pending
     later = e.decide(attempt(at=at("2026-03-02 11:00")))  # the store answers again: replay
     assert later.decision.allowed and not e.journal.pending
@@ -270,16 +276,9 @@ def test_open_calls_are_scoped_to_a_node_and_to_calls_of_no_known_node(seeded_ur
 
 
 def test_a_denial_journalled_during_an_outage_keeps_its_node(sqlite_url, make_settings):
-    import sqlite3
-
-    seed(sqlite_url)
     e = Enforcer(make_settings(sqlite_url, decision_timeout_ms=100))
-    blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")
-    try:
-        lost = e.decide(attempt(pbx="freeswitch", pbx_call_id="u-outage", node="fs-a"))
-    finally:
-        blocker.execute("ROLLBACK")
+    lost = decide_while_locked(e, sqlite_url, attempt(pbx="freeswitch", pbx_call_id="u-outage",
+                                                      node="fs-a"))
     assert lost.decision.codes == ("POLICY_UNAVAILABLE",)
     assert '"node":"fs-a"' in e.journal.path.read_text(encoding="utf-8")
     assert e.replay_journal() == 1
