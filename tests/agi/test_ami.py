@@ -378,3 +378,54 @@ def test_inbound_call_is_logged_recorded_and_completed(make_settings, seeded_url
                 .consent_basis == "inbound-callback"
 
     run(body())
+
+
+def test_servers_sharing_a_store_reconcile_only_their_own_calls(make_settings, seeded_url) -> None:
+    """asterisk.conf systemname prefixes every uniqueid ("pbx-a-1795480861.8"): a server's
+    reconciliation ends its own calls that vanished, never another server's, however absent
+    those are from its own channel list."""
+    from callwarden.policy import CallAttempt
+    from tests.agi.harness import MONDAY_10AM
+
+    def attempt(uniqueid: str) -> CallAttempt:
+        return CallAttempt(tenant=TENANT, caller="95512", callee="13800138000", at=MONDAY_10AM,
+                           trunk="ct-trunk-1", pbx="asterisk", pbx_call_id=uniqueid)
+
+    async def body() -> None:
+        pbx = Pbx(cel=False, system_name="pbx-a")
+        async with rig(make_settings, seeded_url, pbx=pbx,
+                       frequency={"per_day": 100, "per_week": 700}) as r:
+            theirs = r.enforcer.decide(attempt("pbx-b-1795480861.7"))  # live on server B
+            mine = r.enforcer.decide(attempt("pbx-a-1795480861.8"))  # gone while AMI was away
+            legacy = r.enforcer.decide(attempt("1795480861.9"))  # no prefix: not ours either
+            assert theirs.let_through and mine.let_through and legacy.let_through
+            before = r.adapter.ami.reconciliations
+            await r.ami.drop_clients()  # reconnect: reconciliation runs again
+            row = await r.wait_ended("pbx-a-1795480861.8")
+            assert (row.disposition, row.hangup_cause) == ("UNKNOWN", CAUSE_NOT_SEEN)
+            await r.wait_for(lambda: r.adapter.ami.reconciliations > before, what="a reconciliation")
+            assert r.call_row("pbx-b-1795480861.7").ended_at is None
+            assert r.call_row("1795480861.9").ended_at is None
+
+    run(body())
+
+
+def test_a_systemname_too_long_for_the_stored_uniqueids_is_an_error(make_settings, seeded_url) -> None:
+    async def body() -> None:
+        with capture_logs() as logs:
+            async with rig(make_settings, seeded_url, pbx=Pbx(cel=False, system_name="s" * 41)):
+                pass
+        errors = [e for e in logs if e["event"] == "ami_systemname_too_long"]
+        assert len(errors) >= 1 and errors[0]["length"] == 41 and errors[0]["limit"] == 40
+
+    run(body())
+
+
+def test_a_systemname_of_40_characters_is_fine(make_settings, seeded_url) -> None:
+    async def body() -> None:
+        with capture_logs() as logs:
+            async with rig(make_settings, seeded_url, pbx=Pbx(cel=False, system_name="s" * 40)):
+                pass
+        assert not [e for e in logs if e["event"] == "ami_systemname_too_long"]
+
+    run(body())

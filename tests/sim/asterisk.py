@@ -477,8 +477,12 @@ class Pbx:
         bridge_ids: Callable[[], str] | None = None,
         tz: tzinfo = UTC,
         cel: bool = True,
+        system_name: str = "",
     ) -> None:
         self.clock = clock
+        #: asterisk.conf ``systemname`` (CoreSettings' SystemName; real uniqueids then start
+        #: with "<name>-": give the calls' uniqueids that prefix in tests that set it).
+        self.system_name = system_name
         self.tz = tz
         self.cel_enabled = cel
         self.channels: dict[str, Channel] = {}
@@ -1625,7 +1629,8 @@ class AmiServer:
         session.write(self._response(action, "Success", None, [("Events", state)]))
 
     async def _action_coresettings(self, session: _AmiSession, action: AmiAction) -> None:
-        session.write(self._response(action, "Success", None, CORE_SETTINGS))
+        settings = [(k, self.pbx.system_name if k == "SystemName" else v) for k, v in CORE_SETTINGS]
+        session.write(self._response(action, "Success", None, settings))
 
     async def _action_command(self, session: _AmiSession, action: AmiAction) -> None:
         command = (action.get("Command") or "").strip()

@@ -32,6 +32,9 @@ STABLE_SESSION_S = 10.0
 #: At shutdown, how long pending CDR completions may take before they are left to the
 #: next start's reconciliation.
 SHUTDOWN_FLUSH_S = 3.0
+#: Longest asterisk.conf systemname whose uniqueids ("name-1795480861.123456") fit the store's
+#: 64-character pbx_call_id: 64 - len("-") - 10 epoch digits - len(".") - 12 sequence digits.
+MAX_SYSTEM_NAME = 40
 
 
 class AmiListener:
@@ -139,9 +142,15 @@ class AmiListener:
         """asterisk.conf ``systemname``: prefixes uniqueids when several PBXes share a store."""
         try:
             reply = await conn.action({"Action": "CoreSettings"}, self.tuning.action_timeout_s)
-            return (reply.get("SystemName") or "").strip()
         except (TimeoutError, AmiError):
             return ""
+        name = (reply.get("SystemName") or "").strip()
+        if len(name) > MAX_SYSTEM_NAME:
+            # uniqueids are "name-epoch.seq"; the store keeps 64 characters of them, and a cut
+            # id no longer matches the live channel it came from at reconciliation
+            log.error("ami_systemname_too_long", length=len(name), limit=MAX_SYSTEM_NAME,
+                      action="shorten systemname in asterisk.conf: calls may be ended early")
+        return name
 
     # -- actions for the tracker ---------------------------------------------------------
 
