@@ -13,6 +13,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,15 @@ def _pg_available() -> bool:
 _PG_OK: bool | None = None
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path) -> Iterator[str]:
-    """A migrated, empty store; runs each test once per backend."""
+@contextmanager
+def migrated_store(kind: str, directory: Path) -> Iterator[str]:
+    """The URL of a migrated, empty store: a SQLite file in ``directory``, or a PostgreSQL
+    schema of its own, dropped on exit (skipped when PostgreSQL is unreachable, failed
+    under CI)."""
     global _PG_OK
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'callwarden.db'}"
-        upgrade(make_engine(url))
+    if kind == "sqlite":
+        url = f"sqlite:///{directory / 'callwarden.db'}"
+        _upgrade(url)
         yield url
         return
     if _PG_OK is None:
@@ -71,8 +74,8 @@ def store_url(request, tmp_path) -> Iterator[str]:
     with admin.begin() as c:
         c.execute(text(f'CREATE SCHEMA "{schema}"'))
     url = f"{PG_URL}?options=-csearch_path%3D{schema}"
-    upgrade(make_engine(url))
     try:
+        _upgrade(url)
         yield url
     finally:
         with admin.begin() as c:
@@ -80,11 +83,23 @@ def store_url(request, tmp_path) -> Iterator[str]:
         admin.dispose()
 
 
+def _upgrade(url: str) -> None:
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> Iterator[str]:
+    """A migrated, empty store; runs each test once per backend."""
+    with migrated_store(request.param, tmp_path) as url:
+        yield url
+
+
 @pytest.fixture
-def sqlite_url(tmp_path) -> str:
-    url = f"sqlite:///{tmp_path / 'callwarden.db'}"
-    upgrade(make_engine(url))
-    return url
+def sqlite_url(tmp_path) -> Iterator[str]:
+    with migrated_store("sqlite", tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

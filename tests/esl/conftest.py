@@ -19,8 +19,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy import select as sql_select
 from sqlalchemy.orm import Session
 
-from callwarden.store.db import make_engine
-from callwarden.store.migrate import upgrade
 from callwarden.store.models import Call, Recording
-from tests.conftest import PG_URL, ROOT, _pg_available, seed
+from tests.conftest import ROOT, migrated_store, seed
 from tests.sim.freeswitch import (
     CallProfile,
     CallResult,
@@ -254,31 +252,30 @@ def _read_ready(proc: subprocess.Popen[str], timeout: float, log_path: Path) -> 
 # -- stores -----------------------------------------------------------------------------------
 
 
-def _new_store(kind: str, workdir: Path) -> tuple[str, Callable[[], None]]:
-    """A migrated, seeded store; returns its URL and a cleanup function."""
-    if kind == "sqlite":
-        url = f"sqlite:///{workdir / 'callwarden.db'}"
-        upgrade(make_engine(url))
+@contextmanager
+def _seeded_store(kind: str, workdir: Path) -> Iterator[str]:
+    """A migrated store seeded with the example registry."""
+    with migrated_store(kind, workdir) as url:
         seed(url)
-        return url, lambda: None
-    if not _pg_available():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL not reachable at {PG_URL} (required under CI)")
-        pytest.skip("PostgreSQL not reachable")
-    schema = "t_" + uuid.uuid4().hex[:12]
-    admin = create_engine(PG_URL)
-    with admin.begin() as c:
-        c.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
-    upgrade(make_engine(url))
-    seed(url)
+        yield url
 
-    def drop() -> None:
-        with admin.begin() as c:
-            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
-    return url, drop
+@contextmanager
+def _rig_factory(kind: str, workdir: Path) -> Iterator[Callable[..., EslRig]]:
+    """Build adapters on one fresh store (``build(mode="observe")``); all closed on exit."""
+    rigs: list[EslRig] = []
+    with _seeded_store(kind, workdir) as url:
+
+        def build(**kwargs: Any) -> EslRig:
+            r = EslRig(workdir / f"rig{len(rigs)}", url, **kwargs)
+            rigs.append(r)
+            return r
+
+        try:
+            yield build
+        finally:
+            for r in rigs:
+                r.close()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -286,48 +283,24 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     """A default adapter (enforce mode, inbound listener connected), shared by a module's
     tests, once per store backend."""
     workdir = tmp_path_factory.mktemp(f"esl-{request.param}")
-    url, cleanup = _new_store(request.param, workdir)
-    the_rig = EslRig(workdir, url)
-    try:
-        yield the_rig
-        assert the_rig.stop() == 0
-    finally:
-        the_rig.close()
-        cleanup()
+    with _seeded_store(request.param, workdir) as url:
+        the_rig = EslRig(workdir, url)
+        try:
+            yield the_rig
+            assert the_rig.stop() == 0
+        finally:
+            the_rig.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def make_rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., EslRig]]:
     """A fresh store and adapter per test, with config overrides: ``make_rig(mode="observe")``."""
-    rigs: list[EslRig] = []
-    url, cleanup = _new_store(request.param, tmp_path)
-
-    def build(**kwargs: Any) -> EslRig:
-        r = EslRig(tmp_path / f"rig{len(rigs)}", url, **kwargs)
-        rigs.append(r)
-        return r
-
-    try:
+    with _rig_factory(request.param, tmp_path) as build:
         yield build
-    finally:
-        for r in rigs:
-            r.close()
-        cleanup()
 
 
 @pytest.fixture
 def sqlite_rig_factory(tmp_path: Path) -> Iterator[Callable[..., EslRig]]:
     """Like ``make_rig`` on SQLite only: for protocol hardening, which the store does not affect."""
-    rigs: list[EslRig] = []
-    url, _ = _new_store("sqlite", tmp_path)
-
-    def build(**kwargs: Any) -> EslRig:
-        r = EslRig(tmp_path / f"rig{len(rigs)}", url, **kwargs)
-        rigs.append(r)
-        return r
-
-    try:
+    with _rig_factory("sqlite", tmp_path) as build:
         yield build
-    finally:
-        for r in rigs:
-            r.close()

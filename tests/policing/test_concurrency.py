@@ -3,52 +3,33 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 import yaml
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
 from callwarden.policing import actions
 from callwarden.policing.figures import Measurer
 from callwarden.policing.runner import Detector
 from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
-from callwarden.store.migrate import upgrade
 from callwarden.store.models import Alert, AuditEntry
-from tests.conftest import PG_URL, _pg_available, at, seed
+from tests.conftest import at, migrated_store, seed
 from tests.policing.helpers import insert_calls, registry_doc, session_for, telemarketing
 
 NOW = at("2026-03-02 10:30")
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
+def pg_url(tmp_path) -> Iterator[str]:
     """A migrated PostgreSQL schema of its own (these tests are about PostgreSQL's lock)."""
-    if not _pg_available():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL not reachable at {PG_URL} (required under CI)")
-        pytest.skip("PostgreSQL not reachable")
-    schema = "t_" + uuid.uuid4().hex[:12]
-    admin = create_engine(PG_URL)
-    with admin.begin() as c:
-        c.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    try:
+    with migrated_store("postgresql", tmp_path) as url:
         yield url
-    finally:
-        with admin.begin() as c:
-            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def prepare(url: str) -> None:
