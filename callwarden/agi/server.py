@@ -114,7 +114,7 @@ class FastAgiServer(Application):
             self.active -= 1
             self.served += 1
             if report is not None:
-                log.info("agi_call", **report.log_fields(),
+                log.info("agi_call", **report.fields(),
                          session_ms=round((time.monotonic() - started) * 1000, 2),
                          commands=session.commands if session else 0)
             await _close(writer, abort=drop)

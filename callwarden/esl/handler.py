@@ -23,7 +23,7 @@ import re
 import time
 import uuid as uuidlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import gevent
 
@@ -35,9 +35,9 @@ from callwarden.esl.outbound import OutboundSession
 from callwarden.esl.protocol import ConnectionClosed, EslEvent, EslTimeout, Message
 from callwarden.esl.store_gate import StoreGate
 from callwarden.log import get_logger
-from callwarden.numbers import mask_raw
 from callwarden.policy import CallAttempt, Decision, denial
 from callwarden.recorder.naming import spool_path
+from callwarden.service.call_report import CallReport as BaseCallReport
 from callwarden.service.enforcer import InboundCall
 
 log = get_logger("callwarden.esl")
@@ -77,37 +77,17 @@ class HandlerContext:
 
 
 @dataclass(slots=True)
-class CallReport:
-    """The fields of the per-call log event, filled in as the call goes."""
+class CallReport(BaseCallReport):
+    """The ``esl_call`` log event, filled in as the call goes."""
 
-    route: str | None = None
-    pbx_call_id: str | None = None
     node: str | None = None
-    tenant: str | None = None
-    caller: str | None = None
-    callee: str | None = None
-    decision: str | None = None
-    reasons: tuple[str, ...] = ()
-    call_id: str | None = None
-    let_through: bool | None = None
-    decision_ms: float | None = None
-    recording: str | None = None  # started | failed
     action: str | None = None  # resumed | hung_up | none
     stage: str = "connect"
     failure: str | None = None
-    notes: list[str] = field(default_factory=list)
 
     def fields(self) -> dict[str, object]:
-        return {
-            "route": self.route, "pbx_call_id": self.pbx_call_id, "node": self.node,
-            "tenant": self.tenant,
-            "caller": mask_raw(self.caller) if self.caller else None,
-            "callee": mask_raw(self.callee) if self.callee else None,
-            "decision": self.decision, "reasons": list(self.reasons), "call_id": self.call_id,
-            "let_through": self.let_through, "decision_ms": self.decision_ms,
-            "recording": self.recording, "action": self.action, "failure": self.failure,
-            "stage": self.stage if self.failure else None, "notes": self.notes or None,
-        }
+        return {**BaseCallReport.fields(self), "node": self.node, "action": self.action,
+                "failure": self.failure, "stage": self.stage if self.failure else None}
 
 
 def _event_id() -> str:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from callwarden.agi.callbook import CallBook
 from callwarden.agi.session import AgiSession
 from callwarden.agi.store_gate import StoreGate
 from callwarden.config import Settings
-from callwarden.numbers import mask_raw
+from callwarden.service.call_report import CallReport as BaseCallReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,33 +40,13 @@ class RouteContext:
 
 
 @dataclass(slots=True)
-class CallReport:
-    """Everything the per-call log line says; filled in by the route as it goes."""
+class CallReport(BaseCallReport):
+    """The ``agi_call`` log event; filled in by the route as it goes."""
 
-    route: str
-    pbx_call_id: str | None = None
-    tenant: str | None = None
-    caller: str | None = None
-    callee: str | None = None
-    decision: str | None = None
-    reasons: tuple[str, ...] = ()
-    call_id: str | None = None
-    let_through: bool | None = None
-    decision_ms: float | None = None
-    recording: str | None = None  # started | failed | not needed
     hung_up: bool = False
-    notes: list[str] = field(default_factory=list)
 
-    def log_fields(self) -> dict[str, object]:
-        """The fields, with phone numbers masked (they are personal data)."""
-        return {
-            "route": self.route, "pbx_call_id": self.pbx_call_id, "tenant": self.tenant,
-            "caller": mask_raw(self.caller) if self.caller else None,
-            "callee": mask_raw(self.callee) if self.callee else None,
-            "decision": self.decision, "reasons": list(self.reasons), "call_id": self.call_id,
-            "let_through": self.let_through, "decision_ms": self.decision_ms,
-            "recording": self.recording, "hung_up": self.hung_up, "notes": self.notes or None,
-        }
+    def fields(self) -> dict[str, object]:
+        return {**BaseCallReport.fields(self), "hung_up": self.hung_up}
 
 
 Handler = Callable[[AgiSession, RouteContext, CallReport], Awaitable[None]]
