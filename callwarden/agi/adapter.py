@@ -42,11 +42,7 @@ class AsteriskAdapter:
         self.clock = clock or utc_now
         self.agi_host = agi_host or self.config.agi.host
         self._agi_port = self.config.agi.port if agi_port is None else agi_port
-        # SQLite takes one writer at a time (decisions begin IMMEDIATE): more threads only
-        # contend for its lock, sleeping in its busy handler. PostgreSQL decides in parallel.
-        sqlite = settings.store.url.startswith("sqlite")
-        self.gate = StoreGate(enforcer, decision_timeout_s=settings.decision_timeout_ms / 1000,
-                              decision_workers=1 if sqlite else settings.store.pool_size)
+        self.gate = StoreGate(enforcer, decision_timeout_s=settings.decision_timeout_ms / 1000)
         self.book = CallBook() if self.config.ami is not None else None
         self.ami_tuning = ami_tuning or AmiTuning()
         self.max_sessions = max_sessions

@@ -1,13 +1,14 @@
 """Blocking enforcer calls, run off the event loop with bounded threads and hard deadlines.
 
 The enforcer's methods block on the store. The event loop that serves every FastAGI connection
-and the AMI stream must never wait on them, so they run in thread pools: a small one reserved
-for outbound decisions (call setup waits on these) and another for everything that happens
-after the decision (CDR completion, opt-outs), and a third for recording finalization (hashing and
-copying audio can take seconds), so neither a burst of hangups nor a large recording can delay
-a decision. Each call is bounded by a deadline; a decision that misses it is a
-POLICY_UNAVAILABLE deny (fail closed), and a decision still queued when the deadline passes is
-cancelled before it can run.
+and the AMI stream must never wait on them. Outbound decisions go to the enforcer's decision
+writer (one native thread that stores every waiting decision in one transaction: group
+commit), awaited as futures, so a burst of calls needs no thread per call. Everything that
+happens after the decision (CDR completion, opt-outs) runs in a small thread pool, and
+recording finalization (hashing and copying audio can take seconds) in another, so neither a
+burst of hangups nor a large recording can delay a decision. Each call is bounded by a
+deadline; a decision that misses it is a POLICY_UNAVAILABLE deny (fail closed), and a decision
+still queued when the deadline passes is withdrawn before it can run.
 """
 
 from __future__ import annotations
@@ -32,11 +33,9 @@ class StoreGate:
     """The adapter's only way to reach the enforcer."""
 
     def __init__(self, enforcer: Enforcer, *, decision_timeout_s: float,
-                 decision_workers: int, background_workers: int = 4, recording_workers: int = 2):
+                 background_workers: int = 4, recording_workers: int = 2):
         self.enforcer = enforcer
         self.decision_timeout_s = decision_timeout_s
-        self._decisions = concurrent.futures.ThreadPoolExecutor(
-            max_workers=decision_workers, thread_name_prefix="callwarden-decide")
         self._background = concurrent.futures.ThreadPoolExecutor(
             max_workers=background_workers, thread_name_prefix="callwarden-store")
         self._recordings = concurrent.futures.ThreadPoolExecutor(
@@ -45,7 +44,7 @@ class StoreGate:
     async def decide(self, attempt: CallAttempt, route: str = "outbound") -> DecisionResult:
         """Decide within ``decision_timeout_s``, counted from now (queueing included)."""
         started = time.monotonic()
-        job = self._decisions.submit(self.enforcer.decide_since, attempt, started, route)
+        job = self.enforcer.submit(attempt, started, route)
         try:
             outcome = await asyncio.wait_for(asyncio.shield(_wrap(job)), self.decision_timeout_s)
         except TimeoutError:
@@ -87,7 +86,6 @@ class StoreGate:
 
     def close(self) -> None:
         """Stop taking work; queued jobs are dropped, running ones finish in their threads."""
-        self._decisions.shutdown(wait=False, cancel_futures=True)
         self._background.shutdown(wait=False, cancel_futures=True)
         self._recordings.shutdown(wait=False, cancel_futures=True)
 

@@ -23,7 +23,6 @@ from callwarden.service.enforcer import Enforcer
 
 log = get_logger("callwarden.esl")
 
-DECISION_WORKERS = 4
 
 
 def _utcnow() -> dt.datetime:
@@ -35,7 +34,7 @@ class FreeswitchService:
 
     def __init__(self, settings: Settings, enforcer: Enforcer | None = None, *,
                  clock: Callable[[], dt.datetime] = _utcnow, outbound_port: int | None = None,
-                 max_connections: int = 512, decision_workers: int | None = None,
+                 max_connections: int = 512,
                  listener_tuning: ListenerTuning | None = None):
         fs = settings.freeswitch
         if fs is None:
@@ -43,12 +42,7 @@ class FreeswitchService:
         self.settings = settings
         self.clock = clock
         self.enforcer = enforcer or Enforcer(settings)
-        # Decisions serialize in the store (SQLite's single writer; the audit chain's head row
-        # on PostgreSQL): beyond a few threads, more only add lock contention (measured with
-        # 200 simultaneous decisions: 2-4 threads beat 10 on both backends).
-        workers = decision_workers or min(settings.store.pool_size, DECISION_WORKERS)
-        self.gate = StoreGate(self.enforcer, decision_timeout_s=settings.decision_timeout_ms / 1000,
-                              decision_workers=workers)
+        self.gate = StoreGate(self.enforcer, decision_timeout_s=settings.decision_timeout_ms / 1000)
         self.watched = WatchedCalls()
         self.inflight = InFlight()
         recording_dir = Path(fs.recording_dir or settings.recording.dir)

@@ -1,16 +1,20 @@
 """Blocking enforcer calls from greenlets: native threads, hard deadlines, fail closed.
 
 The enforcer blocks on the database (SQLite, or psycopg whose C wait loop gevent cannot patch),
-so every call runs in one of gevent's native thread pools: the hub's pool, reserved for
-outbound decisions (call setup waits on them), and a second pool for everything after the
-decision (CDR completion, caller-ID checks, opt-outs, inbound logging), so a burst of hangups
-never delays a decision. A decision that misses ``decision_timeout_ms`` (queueing included) is
+so the hub never calls it directly. Outbound decisions go to the enforcer's decision writer (one
+native thread that stores every waiting decision in one transaction: group commit); the
+greenlet waits for the writer's future through a libev async watcher, so a 200-call burst
+needs neither 200 threads nor a blocked hub. Everything after the decision (CDR completion,
+caller-ID checks, opt-outs, inbound logging) runs in a native thread pool of its own, so a
+burst of hangups never delays a decision. A decision that misses ``decision_timeout_ms`` (queueing included) is
 a POLICY_UNAVAILABLE deny; if it still commits an allow after we gave up, the record is
 corrected (``decision_abandoned``) so the CDR never claims an allow for a denied call.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 import time
 from collections.abc import Callable
 from typing import Literal, TypeVar
@@ -35,12 +39,10 @@ class StoreTimeout(Exception):
 class StoreGate:
     """The FreeSWITCH adapter's only way to reach the enforcer."""
 
-    def __init__(self, enforcer: Enforcer, *, decision_timeout_s: float, decision_workers: int,
+    def __init__(self, enforcer: Enforcer, *, decision_timeout_s: float,
                  background_workers: int = 2, recording_workers: int = 2):
         self.enforcer = enforcer
         self.decision_timeout_s = decision_timeout_s
-        self._decisions = gevent.get_hub().threadpool
-        self._decisions.maxsize = decision_workers
         self._background = ThreadPool(background_workers)
         # Finalizing a recording hashes and copies audio (seconds): never in front of a CDR.
         self._recordings = ThreadPool(recording_workers)
@@ -49,17 +51,15 @@ class StoreGate:
         """Decide before ``started + decision_timeout_s`` (``started``: ``time.monotonic()`` when
         the call reached us, so time spent waiting for a worker counts)."""
         remaining = started + self.decision_timeout_s - time.monotonic()
-        job: AsyncResult | None = None
+        job: concurrent.futures.Future[Outcome] | None = None
         try:
             with gevent.Timeout(max(0.0, remaining)):
-                # spawn() itself waits for a free worker; a timeout there queues nothing.
-                job = self._decisions.spawn(_captured, self.enforcer.decide_since,
-                                            attempt, started, route)
-                outcome: Outcome = _unwrap(job.get())
+                job = self.enforcer.submit(attempt, started, route)
+                outcome = _result(job)
         except gevent.Timeout:
-            if job is not None:
-                job.rawlink(self._late_decision)
-            else:  # never queued: keep the denial for the store (journal file)
+            if job is not None and not job.cancel():  # being decided: it may still commit
+                gevent.spawn(self._late_decision, job)
+            else:  # never decided: keep the denial for the store (journal file)
                 self._background.spawn(self.enforcer.journal_denial, attempt, route)
             log.error("decision_timeout", route=route, tenant=attempt.tenant,
                       pbx_call_id=attempt.pbx_call_id,
@@ -73,13 +73,16 @@ class StoreGate:
             return DecisionResult(None, denial("POLICY_UNAVAILABLE"), _ms_since(started))
         return DecisionResult(outcome, outcome.decision, _ms_since(started))
 
-    def _late_decision(self, job: AsyncResult) -> None:
-        """Runs in the hub when an abandoned decision finishes: undo a late allow."""
-        if not job.successful() or isinstance(job.value, _Failed):
+    def _late_decision(self, job: concurrent.futures.Future[Outcome]) -> None:
+        """A greenlet: wait for a decision the adapter gave up on; undo it if it let the call
+        through (the PBX was told deny)."""
+        try:
+            with gevent.Timeout(LATE_DECISION_WAIT_S):
+                outcome = _result(job)
+        except (gevent.Timeout, Exception):
             return
-        outcome: Outcome = job.value
         if outcome.decision.allowed or outcome.let_through:
-            gevent.spawn(self._abandon, outcome.call_id)
+            self._abandon(outcome.call_id)
 
     def _abandon(self, call_id: str) -> None:
         try:
@@ -102,6 +105,36 @@ class StoreGate:
         """Stop the non-decision pools; running jobs finish in their threads."""
         self._background.kill()
         self._recordings.kill()
+
+
+#: How long to wait for a decision the adapter gave up on, to correct its record.
+LATE_DECISION_WAIT_S = 60.0
+
+
+def _result(job: concurrent.futures.Future[T]) -> T:
+    """The future's result, waited for by this greenlet only: the writer thread's completion
+    wakes the hub through an async watcher (thread-safe), never by blocking it."""
+    if not job.done():
+        hub = gevent.get_hub()
+        watcher = hub.loop.async_()
+        done = AsyncResult()
+        watcher.start(done.set)
+        lock = threading.Lock()  # native: closing and sending never overlap
+        closed = []
+
+        def wake(_: object) -> None:  # in the writer thread
+            with lock:
+                if not closed:
+                    watcher.send()
+
+        try:
+            job.add_done_callback(wake)
+            done.get()
+        finally:
+            with lock:
+                closed.append(True)
+                watcher.close()
+    return job.result()
 
 
 def _ms_since(started: float) -> float:

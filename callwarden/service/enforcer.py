@@ -9,6 +9,7 @@ adapters in gevent's native thread pool.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import time
 import uuid
@@ -27,13 +28,15 @@ from callwarden.policy import CallAttempt, Decision, Rules, decide, denial
 from callwarden.policy.reasons import ordered
 from callwarden.recorder import FinalizedRecording
 from callwarden.recorder.naming import recording_relpath, spool_path
+from callwarden.service.group_commit import GroupCommit, Pending
 from callwarden.service.journal import OutageJournal
 from callwarden.service.recordings import RecordingService
 from callwarden.store import audit
 from callwarden.store.db import StoreUnavailable, make_engine, make_sessionmaker, unit_of_work
-from callwarden.store.facts import GLOBAL, load_facts
+from callwarden.store.facts import GLOBAL, BatchFacts
 from callwarden.store.fit import fit, widths
 from callwarden.store.models import Call, Recording, Refusal, utcnow
+from callwarden.store.snapshot import SnapshotCache
 
 if TYPE_CHECKING:
     from callwarden.metrics import EnforcerObserver
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
 log = get_logger("callwarden.decision")
 
 _INSERT_CALL = insert(Call)
-_INSERT_RECORDING = insert(Recording).returning(Recording.id)
+_INSERT_RECORDINGS = insert(Recording).returning(Recording.id, sort_by_parameter_order=True)
 _LINK_RECORDING = (update(Call).where(Call.call_id == bindparam("cid"))
                    .values(recording_id=bindparam("rid")))
 
@@ -155,19 +158,24 @@ class Enforcer:
         self.recordings = RecordingService(settings, self.sessions)  # storage/key built once
         self.journal = OutageJournal(settings.store.journal
                                      or self.recording_dir / "outage-journal.jsonl")
+        self.registry = SnapshotCache()
+        self.writer = GroupCommit(self._store_batch)
 
     # -- outbound ---------------------------------------------------------------------------
 
     def check(self, attempt: CallAttempt) -> Decision:
         """The decision the attempt would get; stores nothing."""
         with self.sessions() as session:
-            return decide(attempt, load_facts(session, attempt, self.rules), self.rules)
+            conn = session.connection()
+            facts = BatchFacts(conn, [attempt], self.rules)
+            return decide(attempt, facts.facts(attempt, self.registry.current(conn)), self.rules)
 
     def warm_up(self, pbx: str, at: dt.datetime) -> None:
-        """Open a store connection and run the decision's read once (a dry :meth:`check`,
-        nothing stored) before the first call: otherwise that call pays for connecting and
-        for the first compile, which on a busy host or a remote PostgreSQL can exceed
-        ``decision_timeout_ms`` and deny it POLICY_UNAVAILABLE. Raises what the store raises."""
+        """Open a store connection, load the registry and run the decision's reads once (a dry
+        :meth:`check`, nothing stored) before the first call: otherwise that call pays for
+        connecting and for the first compile, which on a busy host or a remote PostgreSQL can
+        exceed ``decision_timeout_ms`` and deny it POLICY_UNAVAILABLE. Raises what the store
+        raises."""
         self.check(CallAttempt(tenant=None, caller=None, callee=None, at=at, pbx=pbx))
 
     def decide(self, attempt: CallAttempt, route: str = "outbound") -> Outcome:
@@ -176,30 +184,62 @@ class Enforcer:
 
     def decide_since(self, attempt: CallAttempt, started: float, route: str = "outbound") -> Outcome:
         """:meth:`decide`, with the deadline counted from ``started`` (``time.monotonic()`` when
-        the adapter queued the call) rather than from when a worker thread picked it up: a
-        decision that waited in a thread-pool queue cannot commit after the adapter gave up."""
-        call_id = uuid.uuid4().hex
+        the adapter received the call) rather than from now: a decision that waited in a queue
+        cannot commit after the adapter gave up. Blocks until the decision is stored."""
+        return self.submit(attempt, started, route).result()
+
+    def submit(self, attempt: CallAttempt, started: float,
+               route: str = "outbound") -> concurrent.futures.Future[Outcome]:
+        """Queue the attempt for the decision writer (group commit); the future's result is
+        the :class:`Outcome`, set once the decision is stored (or the POLICY_UNAVAILABLE deny
+        when it could not be). Cancelling the future before the writer takes the attempt
+        withdraws it (nothing is decided or stored)."""
+        return self.writer.submit(Pending(attempt, started, started + self.timeout_s, route,
+                                          uuid.uuid4().hex))
+
+    def _store_batch(self, batch: list[Pending]) -> None:
+        """The writer thread's work for one batch: decide, store, answer each attempt."""
+        late = [p for p in batch if time.monotonic() > p.deadline]
+        batch = [p for p in batch if p not in late]
         try:
-            outcome = self._decide_durably(attempt, call_id, started)
+            decided = self._decide_durably(batch) if batch else []
         except (SQLAlchemyError, StoreUnavailable) as exc:
-            outcome = Outcome(call_id, denial("POLICY_UNAVAILABLE"), let_through=False)
-            log.error("store_unavailable", route=route, call_id=call_id, tenant=attempt.tenant,
-                      error=type(exc).__name__, detail=(str(exc).splitlines() or [""])[0][:200],
-                      action="outbound call denied (fail closed)")
-            self.journal.add(_journal_entry(attempt, call_id, route))
+            for p in batch:
+                self._answer(p, None, exc)
         else:
-            if self.journal.pending:
+            if decided and self.journal.pending:
                 self.replay_journal()
-        latency_s = time.monotonic() - started
+            for p, outcome in decided:
+                if outcome is None:
+                    late.append(p)
+                else:
+                    self._answer(p, outcome)
+        for p in late:
+            self._answer(p, None, StoreUnavailable("decision deadline passed before commit"))
+
+    def _answer(self, p: Pending, outcome: Outcome | None, exc: BaseException | None = None) -> None:
+        """Log the decision (one event per call), tell the observer, wake the caller."""
+        attempt, route = p.attempt, p.route
+        if outcome is None:
+            outcome = Outcome(p.call_id, denial("POLICY_UNAVAILABLE"), let_through=False)
+            log.error("store_unavailable", route=route, call_id=p.call_id, tenant=attempt.tenant,
+                      error=type(exc).__name__,
+                      detail=(str(exc).splitlines() or [""])[0][:200],
+                      action="outbound call denied (fail closed)")
+            try:
+                self.journal.add(_journal_entry(attempt, p.call_id, route))
+            except OSError as err:  # the deny stands; only its local record is lost
+                log.error("journal_write_failed", call_id=p.call_id, error=type(err).__name__)
+        latency_s = time.monotonic() - p.started
         d = outcome.decision
-        log.info("decision", route=route, call_id=call_id, pbx=attempt.pbx,
+        log.info("decision", route=route, call_id=p.call_id, pbx=attempt.pbx,
                  pbx_call_id=attempt.pbx_call_id, tenant=attempt.tenant,
                  caller=mask_raw(attempt.caller), callee=mask_raw(attempt.callee),
                  decision=d.decision, reasons=list(d.codes), let_through=outcome.let_through,
                  mode=self.settings.mode, latency_ms=round(latency_s * 1000, 2))
         if self.observer is not None:
             self.observer.decided(route, attempt.pbx, outcome, latency_s)
-        return outcome
+        p.future.set_result(outcome)
 
     def journal_denial(self, attempt: CallAttempt, route: str = "outbound") -> None:
         """Keep a denial the adapter gave on its own (no decision in time, never started)."""
@@ -251,47 +291,74 @@ class Enforcer:
                 stored += 1
         return stored
 
-    def _decide_durably(self, attempt: CallAttempt, call_id: str, started: float) -> Outcome:
-        # Core statements, not ORM units: this is the per-call hot path.
+    def _decide_durably(self, batch: list[Pending]) -> list[tuple[Pending, Outcome | None]]:
+        """Decide every attempt of the batch and store them in one transaction.
+
+        The audit head is locked first: decision transactions on every node then run one
+        after another, so the call history they count is complete (frequency limits stay
+        exact across nodes; in-batch calls are counted by ``BatchFacts``). An attempt whose
+        deadline passes before the writes comes back with None (nothing stored for it)."""
+        observe = self.settings.mode == "observe"
+        results: list[tuple[Pending, Outcome | None]] = []
         with unit_of_work(self.sessions) as session:
-            d = decide(attempt, load_facts(session, attempt, self.rules), self.rules)
-            observe = self.settings.mode == "observe"
-            let_through = d.allowed or observe
-            caller, callee = attempt.caller_number, attempt.callee_number
-            row = {
-                "call_id": call_id, "tenant_id": attempt.tenant, "direction": "outbound",
-                "pbx": attempt.pbx, "pbx_call_id": attempt.pbx_call_id, "node": attempt.node,
-                "channel": attempt.channel,
-                "caller": _digits(caller, attempt.caller), "callee": _digits(callee, attempt.callee),
-                "party": callee.digits if callee else None, "caller_hidden": attempt.hidden,
-                "trunk": attempt.trunk, "campaign": attempt.campaign, "purpose": d.purpose,
-                "attempted_at": attempt.at, "decision": d.decision, "reasons": ",".join(d.codes),
-                "enforced": not observe, "consent_id": d.consent_id, "consent_basis": d.consent_basis,
-                "recording_id": None, "latency_ms": round((time.monotonic() - started) * 1000, 3),
-            }
-            row = fit(_CALL_WIDTHS, row)
             conn = session.connection()
-            conn.execute(_INSERT_CALL, row)
-            relpath = None
-            if let_through:
-                relpath = recording_relpath(attempt.tenant or "_unknown", call_id, attempt.at)
-                rec_id = conn.execute(_INSERT_RECORDING, {
-                    "call_id": call_id, "tenant_id": attempt.tenant, "status": "recording",
-                    "spool_path": str(spool_path(self.recording_dir, relpath)),
-                    "started_at": attempt.at, "encrypted": False, "legal_hold": False,
-                }).scalar_one()
-                conn.execute(_LINK_RECORDING, {"cid": call_id, "rid": rec_id})
-            audit.append(session, "pbx:" + attempt.pbx, "decision", call_id, {
-                "tenant": attempt.tenant, "caller": row["caller"], "callee": row["callee"],
-                "hidden": attempt.hidden, "trunk": attempt.trunk, "campaign": attempt.campaign,
-                "purpose": d.purpose, "decision": d.decision, "reasons": list(d.codes),
-                "consent_id": d.consent_id, "consent_basis": d.consent_basis,
-                "mode": self.settings.mode, "pbx_call_id": attempt.pbx_call_id,
-            })
-            if time.monotonic() > started + self.timeout_s:
-                # The adapter has given up waiting and denied: this must not land as an allow.
-                raise StoreUnavailable("decision deadline passed before commit")
-        return Outcome(call_id, d, let_through, relpath)
+            head = audit.lock_head(conn)
+            registry = self.registry.current(conn)
+            facts = BatchFacts(conn, [p.attempt for p in batch], self.rules)
+            decided = []
+            for p in batch:
+                d = decide(p.attempt, facts.facts(p.attempt, registry), self.rules)
+                if d.allowed:
+                    facts.allowed(p.attempt)
+                decided.append((p, d))
+            now = time.monotonic()
+            calls, recordings, entries = [], [], []
+            for p, d in decided:
+                if now > p.deadline:  # the adapter has given up: this must not land as an allow
+                    results.append((p, None))
+                    continue
+                a = p.attempt
+                let_through = d.allowed or observe
+                relpath = (recording_relpath(a.tenant or "_unknown", p.call_id, a.at)
+                           if let_through else None)
+                row = self._call_row(p, d, observe, now)
+                calls.append(row)
+                if relpath is not None:
+                    recordings.append({
+                        "call_id": p.call_id, "tenant_id": row["tenant_id"], "status": "recording",
+                        "spool_path": str(spool_path(self.recording_dir, relpath)),
+                        "started_at": a.at, "encrypted": False, "legal_hold": False,
+                    })
+                entries.append(audit.NewEntry("pbx:" + a.pbx, "decision", p.call_id, {
+                    "tenant": a.tenant, "caller": row["caller"], "callee": row["callee"],
+                    "hidden": a.hidden, "trunk": a.trunk, "campaign": a.campaign,
+                    "purpose": d.purpose, "decision": d.decision, "reasons": list(d.codes),
+                    "consent_id": d.consent_id, "consent_basis": d.consent_basis,
+                    "mode": self.settings.mode, "pbx_call_id": a.pbx_call_id,
+                }))
+                results.append((p, Outcome(p.call_id, d, let_through, relpath)))
+            if calls:
+                conn.execute(_INSERT_CALL, calls)
+            if recordings:
+                ids = conn.execute(_INSERT_RECORDINGS, recordings).scalars().all()
+                conn.execute(_LINK_RECORDING, [{"cid": r["call_id"], "rid": rid}
+                                               for r, rid in zip(recordings, ids, strict=True)])
+            audit.extend(conn, head, entries)
+        return results
+
+    def _call_row(self, p: Pending, d: Decision, observe: bool, now: float) -> dict:
+        a = p.attempt
+        caller, callee = a.caller_number, a.callee_number
+        return fit(_CALL_WIDTHS, {
+            "call_id": p.call_id, "tenant_id": a.tenant, "direction": "outbound",
+            "pbx": a.pbx, "pbx_call_id": a.pbx_call_id, "node": a.node, "channel": a.channel,
+            "caller": _digits(caller, a.caller), "callee": _digits(callee, a.callee),
+            "party": callee.digits if callee else None, "caller_hidden": a.hidden,
+            "trunk": a.trunk, "campaign": a.campaign, "purpose": d.purpose,
+            "attempted_at": a.at, "decision": d.decision, "reasons": ",".join(d.codes),
+            "enforced": not observe, "consent_id": d.consent_id, "consent_basis": d.consent_basis,
+            "recording_id": None, "latency_ms": round((now - p.started) * 1000, 3),
+        })
 
     def recording_failed(self, call_id: str, error: str) -> Outcome:
         """The PBX could not start the recording: the call becomes a RECORDING_UNAVAILABLE deny."""

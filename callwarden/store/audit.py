@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.orm import Session
 
 from callwarden.store.models import AuditEntry, AuditHead, utcnow
@@ -34,29 +34,61 @@ _INSERT_ENTRY = insert(AuditEntry)
 _MOVE_HEAD = update(AuditHead).where(AuditHead.id == 1)
 
 
-def append(session: Session, actor: str, action: str, subject: str | None = None,
-           details: dict[str, Any] | None = None, at: dt.datetime | None = None) -> str:
-    """Add one entry at the end of the chain, inside the caller's transaction; returns its hash.
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The chain's end, as locked by :func:`lock_head`."""
 
-    The head row is locked (``FOR UPDATE`` on PostgreSQL; SQLite transactions are already
-    exclusive), so concurrent writers on several nodes append one after another. Plain Core
-    statements: this runs inside every call decision.
-    """
-    conn = session.connection()
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    actor: str
+    action: str
+    subject: str | None = None
+    details: dict[str, Any] | None = None
+    at: dt.datetime | None = None
+
+
+def lock_head(conn: Connection) -> Head:
+    """Lock the chain's head for the rest of the transaction (``FOR UPDATE`` on PostgreSQL;
+    SQLite transactions are already exclusive), so that writers on several nodes append one
+    after another. Creates it on a new store."""
     head = conn.execute(_HEAD).one_or_none()
     if head is None:
         conn.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS))
-        prev_seq, prev_hash = 0, GENESIS
-    else:
-        prev_seq, prev_hash = head
-    at = (at or utcnow()).astimezone(dt.UTC)
-    text = canonical(details or {})
-    seq = prev_seq + 1
-    h = entry_hash(prev_hash, seq, at, actor, action, subject, text)
-    conn.execute(_INSERT_ENTRY, {"seq": seq, "at": at, "actor": actor, "action": action,
-                                 "subject": subject, "details": text, "prev_hash": prev_hash, "hash": h})
-    conn.execute(_MOVE_HEAD, {"seq": seq, "hash": h})
-    return h
+        return Head(0, GENESIS)
+    return Head(*head)
+
+
+def extend(conn: Connection, head: Head, entries: list[NewEntry]) -> list[str]:
+    """Add ``entries`` after ``head`` (locked by :func:`lock_head` in this transaction), in
+    one statement, and move the head; returns their hashes in order."""
+    if not entries:
+        return []
+    rows, hashes = [], []
+    seq, prev = head.seq, head.hash
+    now = utcnow()
+    for e in entries:
+        at = (e.at or now).astimezone(dt.UTC)
+        text = canonical(e.details or {})
+        seq += 1
+        h = entry_hash(prev, seq, at, e.actor, e.action, e.subject, text)
+        rows.append({"seq": seq, "at": at, "actor": e.actor, "action": e.action,
+                     "subject": e.subject, "details": text, "prev_hash": prev, "hash": h})
+        hashes.append(h)
+        prev = h
+    conn.execute(_INSERT_ENTRY, rows)
+    conn.execute(_MOVE_HEAD, {"seq": seq, "hash": prev})
+    return hashes
+
+
+def append(session: Session, actor: str, action: str, subject: str | None = None,
+           details: dict[str, Any] | None = None, at: dt.datetime | None = None) -> str:
+    """Add one entry at the end of the chain, inside the caller's transaction; returns its hash."""
+    conn = session.connection()
+    return extend(conn, lock_head(conn), [NewEntry(actor, action, subject, details, at)])[0]
 
 
 @dataclass(frozen=True)

@@ -1,138 +1,151 @@
-"""Read every fact the decision core needs for one attempt, in two round trips.
+"""Every fact the decision core needs, for a whole batch of attempts at once.
 
-The statements are built once at import with bound parameters, so a decision pays neither for
-building SQL expressions nor for compiling them (SQLAlchemy's compiled cache), and every lookup
-inside them is an indexed one (primary key, unique number, or the calls' party index).
+The registry comes from the process's in-memory snapshot (``store.snapshot``). What is large and
+changes with every call stays live: consents, refusals and the callee's call history (frequency
+counts and the inbound-callback window). Those are read for all the attempts of a batch in
+three indexed statements, built once at import, whatever the batch size. A decision that
+waits in the same batch as an earlier one to the same callee sees that one too
+(:class:`BatchFacts`), so two simultaneous calls cannot both pass a limit of 1.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
 
-from sqlalchemy import bindparam, exists, func, literal, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, bindparam, select
 
-from callwarden.policy import (
-    CallAttempt,
-    CampaignFacts,
-    ConsentFacts,
-    Facts,
-    NumberFacts,
-    Rules,
-    TenantFacts,
-    TrunkFacts,
-)
-from callwarden.store.models import (
-    AccessNumber,
-    Call,
-    Campaign,
-    Consent,
-    ProofDocument,
-    Refusal,
-    Tenant,
-    Trunk,
-)
+from callwarden.policy import CallAttempt, ConsentFacts, Facts, Rules
+from callwarden.store.models import Call, Consent, Refusal
+from callwarden.store.snapshot import RegistrySnapshot
 
 GLOBAL = "*"
 
-
-def _one(column, *where):  # type: ignore[no-untyped-def]
-    return select(column).where(*where).limit(1).scalar_subquery()
-
-
-_tenant = Tenant.id == bindparam("tenant")
-_number = AccessNumber.number == bindparam("caller")
-_trunk = Trunk.name == bindparam("trunk")
-_campaign = (Campaign.tenant_id == bindparam("tenant")) & (Campaign.id == bindparam("campaign"))
-_party = (Call.tenant_id == bindparam("tenant")) & (Call.party == bindparam("callee"))
-
-_FACTS = select(
-    _one(Tenant.status, _tenant).label("t_status"),
-    _one(Tenant.outbound_commitment, _tenant).label("t_commitment"),
-    _one(AccessNumber.tenant_id, _number).label("n_tenant"),
-    _one(AccessNumber.outbound, _number).label("n_outbound"),
-    _one(AccessNumber.filing_ref, _number).label("n_filing"),
-    _one(AccessNumber.active, _number).label("n_active"),
-    # a registered number that the caller ID extends (95512 -> 955121234) or truncates
-    _one(AccessNumber.number, or_(
-        AccessNumber.number.in_(bindparam("prefixes", expanding=True)),
-        (AccessNumber.number > bindparam("caller")) & (AccessNumber.number < bindparam("caller_hi")),
-    )).label("variant"),
-    _one(Trunk.tenant_id, _trunk).label("tr_tenant"),
-    _one(Trunk.verified, _trunk).label("tr_verified"),
-    _one(Trunk.proof_ref, _trunk).label("tr_proof"),
-    exists().where(ProofDocument.subject_kind == "trunk", ProofDocument.subject == bindparam("trunk"))
-    .label("tr_proof_doc"),
-    _one(Campaign.purpose, _campaign).label("c_purpose"),
-    _one(Campaign.status, _campaign).label("c_status"),
-    exists().where(Refusal.callee == bindparam("callee"),
-                   Refusal.tenant_id.in_([bindparam("tenant"), literal(GLOBAL)])).label("refused"),
-    select(func.max(Call.attempted_at)).where(
-        _party, Call.direction == "inbound",
-        Call.attempted_at >= bindparam("since_inbound"), Call.attempted_at <= bindparam("at"),
-    ).scalar_subquery().label("last_inbound"),
-    # the calendar day always lies inside the rolling week: one index range serves both counts
-    select(func.count().filter(Call.attempted_at >= bindparam("since_day"))).where(
-        _party, Call.direction == "outbound", Call.decision == "allow",
-        Call.attempted_at >= bindparam("since_week"), Call.attempted_at <= bindparam("at"),
-    ).scalar_subquery().label("today"),
-    select(func.count()).where(
-        _party, Call.direction == "outbound", Call.decision == "allow",
-        Call.attempted_at >= bindparam("since_week"), Call.attempted_at <= bindparam("at"),
-    ).scalar_subquery().label("week"),
-)
+# Plain IN lists on the leading columns of each index (not row values, which SQLite's planner,
+# without statistics, turns into a scan): the index is searched for every (tenant, callee)
+# combination of the batch, and rows of combinations no attempt asked for are dropped here.
+_TENANTS = bindparam("tenants", expanding=True)
+_CALLEES = bindparam("callees", expanding=True)
 
 _CONSENTS = select(
-    Consent.id, Consent.scopes, Consent.obtained_at, Consent.expires_at, Consent.revoked_at,
-).where(Consent.tenant_id == bindparam("tenant"), Consent.callee == bindparam("callee"))
+    Consent.tenant_id, Consent.callee, Consent.id, Consent.scopes, Consent.obtained_at,
+    Consent.expires_at, Consent.revoked_at,
+).where(Consent.tenant_id.in_(_TENANTS), Consent.callee.in_(_CALLEES)).order_by(Consent.id)
+
+_REFUSALS = select(Refusal.tenant_id, Refusal.callee).where(
+    Refusal.tenant_id.in_(_TENANTS), Refusal.callee.in_(_CALLEES))
+
+# (tenant, party, direction) lead ix_calls_party, so each combination is one index range on
+# the time. Only rows that count: inbound calls (callback window), allowed outbound calls
+# (limits).
+_HISTORY = select(Call.tenant_id, Call.party, Call.direction, Call.attempted_at).where(
+    Call.tenant_id.in_(_TENANTS), Call.party.in_(_CALLEES),
+    Call.direction.in_(["inbound", "outbound"]),
+    Call.attempted_at >= bindparam("since"), Call.attempted_at <= bindparam("until"),
+    (Call.direction == "inbound") | (Call.decision == "allow"),
+).with_hint(Call, "INDEXED BY ix_calls_party", "sqlite")
 
 
-def load_facts(session: Session, attempt: CallAttempt, rules: Rules) -> Facts:
-    """All facts for ``attempt`` (absent inputs simply match nothing)."""
-    tenant_id = attempt.tenant or ""
-    caller = attempt.caller_number
-    callee = attempt.callee_number
-    caller_digits = caller.digits if caller else ""
-    callee_digits = callee.digits if callee else ""
-    params = {
-        "tenant": tenant_id, "caller": caller_digits, "caller_hi": caller_digits + ":" if caller else "",
-        "prefixes": [caller_digits[:i] for i in range(3, len(caller_digits))] or [""],
-        "trunk": attempt.trunk or "", "campaign": attempt.campaign or "", "callee": callee_digits,
-        "at": attempt.at, "since_inbound": attempt.at - rules.callback_window,
-        "since_day": rules.day_start(attempt.at), "since_week": rules.week_start(attempt.at),
-    }
-    conn = session.connection()
-    row = conn.execute(_FACTS, params).one()
-    consents: tuple[ConsentFacts, ...] = ()
-    if callee is not None and tenant_id:
-        consents = tuple(
-            ConsentFacts(cid, frozenset(scopes.split(",")), obtained, expires, revoked is not None)
-            for cid, scopes, obtained, expires, revoked in conn.execute(_CONSENTS, params)
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The time bounds one attempt's rules look at."""
+
+    at: dt.datetime
+    since_inbound: dt.datetime
+    since_day: dt.datetime
+    since_week: dt.datetime
+
+    @classmethod
+    def of(cls, attempt: CallAttempt, rules: Rules) -> Window:
+        return cls(attempt.at, attempt.at - rules.callback_window, rules.day_start(attempt.at),
+                   rules.week_start(attempt.at))
+
+
+@dataclass(slots=True)
+class _Party:
+    consents: list[ConsentFacts]
+    inbound: list[dt.datetime]
+    allowed: list[dt.datetime]  # allowed outbound calls: stored, then this batch's own
+
+
+class BatchFacts:
+    """The live facts of a batch of attempts, read together; :meth:`facts` assembles one
+    attempt's :class:`Facts`, and :meth:`allowed` counts a decision of this batch towards the
+    limits of the attempts after it."""
+
+    def __init__(self, conn: Connection, attempts: list[CallAttempt], rules: Rules):
+        self.rules = rules
+        self._parties: dict[tuple[str, str], _Party] = defaultdict(lambda: _Party([], [], []))
+        self._refused: set[tuple[str, str]] = set()
+        pairs = {(a.tenant, n.digits) for a in attempts
+                 if a.tenant and (n := a.callee_number) is not None}
+        callees = {n.digits for a in attempts if (n := a.callee_number) is not None}
+        if not callees:
+            return
+        tenants = sorted({t for t, _ in pairs})
+        if pairs:
+            wanted = {"tenants": tenants, "callees": sorted({c for _, c in pairs})}
+            for tid, callee, cid, scopes, obtained, expires, revoked in conn.execute(
+                    _CONSENTS, wanted):
+                if (tid, callee) not in pairs:
+                    continue
+                self._parties[(tid, callee)].consents.append(ConsentFacts(
+                    cid, frozenset(scopes.split(",")), obtained, expires, revoked is not None))
+            windows = [Window.of(a, rules) for a in attempts]
+            since = min(min(w.since_inbound, w.since_week) for w in windows)
+            until = max(w.at for w in windows)
+            for tid, party, direction, at in conn.execute(
+                    _HISTORY, {**wanted, "since": since, "until": until}):
+                if (tid, party) not in pairs:
+                    continue
+                p = self._parties[(tid, party)]
+                (p.inbound if direction == "inbound" else p.allowed).append(_aware(at))
+        self._refused = {(t, c) for t, c in conn.execute(
+            _REFUSALS, {"tenants": [*tenants, GLOBAL], "callees": sorted(callees)})}
+
+    def facts(self, attempt: CallAttempt, registry: RegistrySnapshot) -> Facts:
+        """All facts for ``attempt`` (absent inputs simply match nothing)."""
+        tenant_id = attempt.tenant or ""
+        caller, callee = attempt.caller_number, attempt.callee_number
+        caller_digits = caller.digits if caller else ""
+        number = registry.number(caller_digits)
+        variant = registry.length_variant(caller_digits) if number is None else None
+        last_inbound = today = week = None
+        consents: tuple[ConsentFacts, ...] = ()
+        refused = False
+        if callee is not None:
+            refused = ((tenant_id, callee.digits) in self._refused
+                       or (GLOBAL, callee.digits) in self._refused)
+            p = self._parties.get((tenant_id, callee.digits))
+            if p is not None:
+                w = Window.of(attempt, self.rules)
+                consents = tuple(p.consents) if tenant_id else ()
+                last_inbound = max((t for t in p.inbound if w.since_inbound <= t <= w.at),
+                                   default=None)
+                week_calls = [t for t in p.allowed if w.since_week <= t <= w.at]
+                week = len(week_calls)
+                today = sum(1 for t in week_calls if t >= w.since_day)
+        return Facts(
+            tenant=registry.tenant(attempt.tenant),
+            caller_number=number,
+            length_variant_of=variant,
+            trunk=registry.trunk(attempt.trunk),
+            campaign=registry.campaign(tenant_id, attempt.campaign),
+            consents=consents,
+            last_inbound_at=last_inbound,
+            refused=refused,
+            attempts_today=today or 0,
+            attempts_week=week or 0,
         )
-    number = variant = None
-    if row.n_tenant is not None:
-        number = NumberFacts(caller_digits, row.n_tenant, bool(row.n_outbound), bool(row.n_filing),
-                             bool(row.n_active))
-    elif row.variant is not None:
-        variant = NumberFacts(row.variant, "", False, False, False)
-    return Facts(
-        tenant=TenantFacts(tenant_id, row.t_status, bool(row.t_commitment)) if row.t_status else None,
-        caller_number=number,
-        length_variant_of=variant,
-        trunk=TrunkFacts(attempt.trunk, row.tr_tenant, bool(row.tr_verified),
-                         bool(row.tr_proof) or bool(row.tr_proof_doc)) if row.tr_tenant else None,
-        campaign=CampaignFacts(attempt.campaign, tenant_id, row.c_purpose, row.c_status)
-        if row.c_status else None,
-        consents=consents,
-        last_inbound_at=_aware(row.last_inbound),
-        refused=bool(row.refused),
-        attempts_today=row.today or 0,
-        attempts_week=row.week or 0,
-    )
+
+    def allowed(self, attempt: CallAttempt) -> None:
+        """``attempt`` was allowed in this batch: later attempts to the callee count it."""
+        callee = attempt.callee_number
+        if attempt.tenant and callee is not None:
+            self._parties[(attempt.tenant, callee.digits)].allowed.append(attempt.at)
 
 
-def _aware(t: dt.datetime | None) -> dt.datetime | None:
-    """max() over a UTC column comes back naive from SQLite on some versions."""
-    if t is not None and t.tzinfo is None:
-        return t.replace(tzinfo=dt.UTC)
-    return t
+def _aware(t: dt.datetime) -> dt.datetime:
+    """A UTC column comes back naive from SQLite on some versions."""
+    return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t

@@ -210,13 +210,12 @@ def test_locked_sqlite_store_fails_closed(sqlite_url, make_settings):
 def test_decision_past_its_deadline_is_not_committed(enforcer, monkeypatch):
     import callwarden.service.enforcer as mod
 
-    real = mod.load_facts
+    class Slow(mod.BatchFacts):
+        def __init__(self, *a, **kw):
+            time.sleep(enforcer.timeout_s + 0.05)
+            super().__init__(*a, **kw)
 
-    def slow(*a, **kw):
-        time.sleep(enforcer.timeout_s + 0.05)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(mod, "load_facts", slow)
+    monkeypatch.setattr(mod, "BatchFacts", Slow)
     out = enforcer.decide(attempt())
     assert out.decision.codes == ("POLICY_UNAVAILABLE",)
     with enforcer.sessions() as s:
