@@ -36,7 +36,7 @@ from callwarden.store.db import StoreUnavailable, make_engine, make_sessionmaker
 from callwarden.store.facts import GLOBAL, BatchFacts
 from callwarden.store.fit import fit, widths
 from callwarden.store.models import Call, Recording, Refusal, utcnow
-from callwarden.store.snapshot import SnapshotCache
+from callwarden.store.snapshot import VERSION_COLUMN, SnapshotCache
 
 if TYPE_CHECKING:
     from callwarden.metrics import EnforcerObserver
@@ -226,10 +226,7 @@ class Enforcer:
                       error=type(exc).__name__,
                       detail=(str(exc).splitlines() or [""])[0][:200],
                       action="outbound call denied (fail closed)")
-            try:
-                self.journal.add(_journal_entry(attempt, p.call_id, route))
-            except OSError as err:  # the deny stands; only its local record is lost
-                log.error("journal_write_failed", call_id=p.call_id, error=type(err).__name__)
+            self.journal.add(_journal_entry(attempt, p.call_id, route))
         latency_s = time.monotonic() - p.started
         d = outcome.decision
         log.info("decision", route=route, call_id=p.call_id, pbx=attempt.pbx,
@@ -302,8 +299,8 @@ class Enforcer:
         results: list[tuple[Pending, Outcome | None]] = []
         with unit_of_work(self.sessions) as session:
             conn = session.connection()
-            head = audit.lock_head(conn)
-            registry = self.registry.current(conn)
+            head = audit.lock_head(conn, VERSION_COLUMN)
+            registry = self.registry.current(conn, head.also[0], read=False)
             facts = BatchFacts(conn, [p.attempt for p in batch], self.rules)
             decided = []
             for p in batch:

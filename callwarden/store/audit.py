@@ -40,6 +40,7 @@ class Head:
 
     seq: int
     hash: str
+    also: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +52,17 @@ class NewEntry:
     at: dt.datetime | None = None
 
 
-def lock_head(conn: Connection) -> Head:
+def lock_head(conn: Connection, *also: Any) -> Head:
     """Lock the chain's head for the rest of the transaction (``FOR UPDATE`` on PostgreSQL;
     SQLite transactions are already exclusive), so that writers on several nodes append one
-    after another. Creates it on a new store."""
-    head = conn.execute(_HEAD).one_or_none()
+    after another. Creates it on a new store. ``also``: scalar subqueries read in the same
+    round trip (:attr:`Head.also`)."""
+    head = conn.execute(_HEAD.add_columns(*also) if also else _HEAD).one_or_none()
     if head is None:
         conn.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS))
-        return Head(0, GENESIS)
-    return Head(*head)
+        extra = tuple(conn.execute(select(*also)).one()) if also else ()
+        return Head(0, GENESIS, extra)
+    return Head(head[0], head[1], tuple(head[2:]))
 
 
 def extend(conn: Connection, head: Head, entries: list[NewEntry]) -> list[str]:

@@ -28,6 +28,8 @@ from callwarden.store.models import (
 )
 
 VERSION = select(RegistryVersion.version).where(RegistryVersion.id == 1)
+#: The version as a column of another statement (one round trip less per decision batch).
+VERSION_COLUMN = VERSION.scalar_subquery().label("registry_version")
 
 _TENANTS = select(Tenant.id, Tenant.status, Tenant.outbound_commitment)
 _NUMBERS = select(AccessNumber.number, AccessNumber.tenant_id, AccessNumber.outbound,
@@ -100,9 +102,12 @@ class SnapshotCache:
         #: How many times the registry was (re)loaded: for tests and metrics.
         self.loads = 0
 
-    def current(self, conn: Connection) -> RegistrySnapshot:
-        """The snapshot for the store's version now, read in ``conn``'s transaction."""
-        version = conn.execute(VERSION).scalar_one_or_none()
+    def current(self, conn: Connection, version: int | None = None, *,
+                read: bool = True) -> RegistrySnapshot:
+        """The snapshot for the store's version now, read in ``conn``'s transaction (or
+        ``version``, already read there with :data:`VERSION_COLUMN`, when ``read`` is False)."""
+        if read:
+            version = conn.execute(VERSION).scalar_one_or_none()
         if version is None:  # a store without migration 0006's row: never cache
             return load_snapshot(conn, -1)
         snap = self._snapshot

@@ -127,7 +127,7 @@ def test_queued_decisions_are_cancelled_at_the_deadline(make_settings, sqlite_ur
     lock = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
 
     async def body() -> None:
-        gate = StoreGate(enforcer, decision_timeout_s=0.3, decision_workers=1)
+        gate = StoreGate(enforcer, decision_timeout_s=0.3)
         lock.execute("BEGIN IMMEDIATE")
         try:
             results = await asyncio.gather(*(gate.decide(attempt(f"1795480861.{n}")) for n in range(4)))
@@ -152,7 +152,7 @@ def test_a_decision_committed_after_the_deadline_is_corrected(make_settings, see
     such an allow lands after the adapter denied, the CDR is turned into what the PBX did."""
     settings = asterisk_settings(make_settings, seeded_url, ami_port=None)
     enforcer = Enforcer(settings)
-    gate = StoreGate(enforcer, decision_timeout_s=0.5, decision_workers=1)
+    gate = StoreGate(enforcer, decision_timeout_s=0.5)
     try:
         outcome = enforcer.decide_since(attempt("1795480861.99"), time.monotonic())
         assert outcome.decision.allowed

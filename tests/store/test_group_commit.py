@@ -1,0 +1,201 @@
+"""Group commit and the registry snapshot, on SQLite and PostgreSQL: batches stay exact.
+
+Simultaneous decisions are stored together by one writer thread per enforcer; an enforcer is
+one node. These tests hold the properties that batching and caching must not lose: frequency
+limits counted across a batch and across nodes, one verifiable audit chain, a registry change
+(suspension) seen by every node's next decision, and an abandoned attempt never stored.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, select, text
+
+from callwarden.policy import CallAttempt
+from callwarden.service.enforcer import Enforcer
+from callwarden.service.group_commit import Pending
+from callwarden.store.audit import verify_chain
+from callwarden.store.db import make_sessionmaker, unit_of_work
+from callwarden.store.models import AuditEntry, Call, Recording
+from callwarden.store.registry import Registry
+from tests.conftest import at
+
+
+def attempt(**kw) -> CallAttempt:
+    base = dict(tenant="acme", caller="95512", callee="13800138000", at=at("2026-03-02 10:00"),
+                trunk="ct-trunk-1", pbx="asterisk")
+    base.update(kw)
+    return CallAttempt(**base)
+
+
+def decide_together(enforcers: list[Enforcer], attempts: list[CallAttempt]) -> list:
+    """Release every decision at the same instant (one thread each, behind a barrier); the
+    enforcers take the attempts in turn."""
+    barrier = threading.Barrier(len(attempts))
+    outcomes: list = [None] * len(attempts)
+
+    def one(i: int) -> None:
+        barrier.wait()
+        outcomes[i] = enforcers[i % len(enforcers)].decide(attempts[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(attempts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return outcomes
+
+
+@pytest.fixture
+def node(seeded_url, make_settings):
+    """Enforcers ("nodes") on the one seeded store, each with its own engine and writer."""
+    made: list[Enforcer] = []
+
+    def build(**overrides) -> Enforcer:
+        e = Enforcer(make_settings(seeded_url, **overrides))
+        made.append(e)
+        return e
+
+    yield build
+    for e in made:
+        e.engine.dispose()
+
+
+def test_simultaneous_decisions_share_transactions_and_one_verifiable_chain(node):
+    e = node(frequency={"per_day": 100, "per_week": 700})
+    callees = [f"1380013{i:04d}" for i in range(40)]
+    outcomes = decide_together([e], [attempt(callee=c, pbx_call_id=f"u-{i}")
+                                     for i, c in enumerate(callees)])
+    assert len({o.call_id for o in outcomes}) == 40
+    assert max(e.writer.batch_sizes) > 1, "40 simultaneous decisions were never batched"
+    assert sum(e.writer.batch_sizes) == 40
+    with e.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Call)) == 40
+        assert s.scalar(select(func.count()).select_from(AuditEntry)
+                        .where(AuditEntry.action == "decision")) == 40
+        assert verify_chain(s) == []
+        for o in outcomes:  # each answer is what was stored for that call
+            call = s.get(Call, o.call_id)
+            assert (call.decision, call.reason_codes) == (o.decision.decision, list(o.decision.codes))
+            if o.let_through:
+                rec = s.get(Recording, call.recording_id)
+                assert rec.call_id == o.call_id and o.recording_relpath.endswith(o.call_id + ".wav")
+
+
+def test_a_limit_of_one_admits_one_of_many_simultaneous_calls_to_a_callee(node):
+    e = node(frequency={"per_day": 1, "per_week": 5})
+    outcomes = decide_together([e], [attempt(pbx_call_id=f"u-{i}") for i in range(12)])
+    allowed = [o for o in outcomes if o.decision.allowed]
+    assert len(allowed) == 1
+    assert all(o.decision.codes == ("FREQUENCY_EXCEEDED",) for o in outcomes if o not in allowed)
+
+
+def test_a_limit_of_one_holds_across_two_nodes_on_one_store(node):
+    a = node(frequency={"per_day": 1, "per_week": 5})
+    b = node(frequency={"per_day": 1, "per_week": 5})
+    for _ in range(3):  # several rounds: the race must never let two through
+        callee = f"1390013{time.monotonic_ns() % 10000:04d}"
+        with unit_of_work(a.sessions) as s:  # a consent for a fresh callee each round
+            Registry(s, "test").import_document({"consents": [{
+                "tenant": "acme", "callee": callee, "scope": ["callback"],
+                "obtained_at": "2026-01-05T10:00:00+08:00",
+                "evidence": {"kind": "recording", "ref": "R-1"}}]})
+        outcomes = decide_together([a, b], [attempt(callee=callee, pbx_call_id=f"{callee}-{i}")
+                                            for i in range(10)])
+        assert sum(o.decision.allowed for o in outcomes) == 1, [o.decision.codes for o in outcomes]
+
+
+def test_a_suspension_reaches_every_node_on_its_next_decision(node):
+    a, b = node(), node()
+    assert a.decide(attempt(callee="13800138000")).decision.allowed  # both have the registry
+    assert b.check(attempt(callee="13800138000")).allowed
+    loads = (a.registry.loads, b.registry.loads)
+    for _ in range(5):  # unchanged registry: served from memory, not reloaded
+        a.check(attempt())
+        b.check(attempt())
+    assert (a.registry.loads, b.registry.loads) == loads
+
+    with unit_of_work(make_sessionmaker(a.engine)) as s:  # the CLI's / detector's path
+        Registry(s, "admin").set_tenant_status("acme", "suspended", "complaints")
+    t0 = time.monotonic()
+    assert "TENANT_SUSPENDED" in b.decide(attempt(pbx_call_id="after")).decision.codes
+    assert "TENANT_SUSPENDED" in a.check(attempt()).codes
+    assert time.monotonic() - t0 < 1.0
+
+    with a.engine.begin() as c:  # SQL by hand moves the version too (database triggers)
+        c.execute(text("UPDATE tenants SET status = 'active' WHERE id = 'acme'"))
+    assert "TENANT_SUSPENDED" not in b.check(attempt()).codes
+
+
+def test_registry_writes_of_every_kind_move_the_version(node):
+    e = node()
+
+    def version() -> int:
+        with e.engine.connect() as c:
+            return c.execute(text("SELECT version FROM registry_version")).scalar_one()
+
+    before = version()
+    with unit_of_work(e.sessions) as s:
+        Registry(s, "test").import_document({
+            "tenants": [{"id": "beta", "name": "Beta", "status": "active",
+                         "outbound_commitment": "CMT-9"}],
+            "numbers": [{"number": "95599", "tenant": "beta", "carrier": "China Unicom",
+                         "purpose": "service", "outbound": True, "filing": "BA-9",
+                         "filed_on": "2026-01-10"}]})
+    after_import = version()
+    assert after_import > before
+    for sql in ("UPDATE trunks SET verified = verified", "UPDATE campaigns SET status = status",
+                "DELETE FROM access_numbers WHERE number = '95599'"):
+        with e.engine.begin() as c:
+            c.execute(text(sql))
+        assert version() > after_import, sql
+        after_import = version()
+    # the new tenant's number is gone: a decision sees that, not a stale snapshot
+    codes = e.check(attempt(tenant="beta", caller="95599")).codes
+    assert "CID_NOT_REGISTERED" in codes
+
+
+def test_an_attempt_withdrawn_before_the_writer_takes_it_is_never_stored(node):
+    e = node()
+    gate = threading.Event()
+    real = e.writer._run_batch
+
+    def held(batch):  # the writer is busy with an earlier batch
+        gate.wait(5)
+        real(batch)
+
+    e.writer._run_batch = held
+    first = e.submit(attempt(pbx_call_id="first"), time.monotonic())
+    time.sleep(0.05)
+    withdrawn = e.submit(attempt(pbx_call_id="withdrawn"), time.monotonic())
+    assert withdrawn.cancel()
+    gate.set()
+    assert first.result(5).decision.allowed
+    time.sleep(0.1)
+    with e.sessions() as s:
+        ids = set(s.scalars(select(Call.pbx_call_id)))
+    assert ids == {"first"}
+
+
+def test_a_batch_the_store_refuses_fails_every_attempt_closed(node, monkeypatch):
+    e = node()
+    from sqlalchemy.exc import OperationalError
+
+    import callwarden.service.enforcer as mod
+
+    class Broken(mod.BatchFacts):
+        def __init__(self, *a, **kw):
+            raise OperationalError("SELECT", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(mod, "BatchFacts", Broken)
+    batch = [Pending(attempt(pbx_call_id=f"x{i}"), time.monotonic(), time.monotonic() + 5,
+                     "outbound", f"{i:032x}") for i in range(3)]
+    for p in batch:
+        assert p.future.set_running_or_notify_cancel()
+    e._store_batch(batch)
+    assert [p.future.result(1).decision.codes for p in batch] == [("POLICY_UNAVAILABLE",)] * 3
+    kept = e.journal.path.read_text().splitlines()  # kept for the store, as any outage denial
+    assert len(kept) == 3 and e.journal.pending
