@@ -5,6 +5,8 @@ times, per backend:
   baseline   one indexed primary-key lookup (Tenant by id) in its own session
   check      a full decision, read-only (what `callwarden check` does)
   decide     a full durable decision: facts, CDR row, audit-chain entry, commit
+  decide xN  the same from N threads at once (--concurrency): the decision writer stores all
+             the decisions waiting at a moment in one transaction (group commit)
 and prints p50/p99 latency, operations per second and the ratio to the baseline.
 
     python bench/bench_decide.py                       # full size: 10k tenants, 1M consents, 5M CDRs
@@ -152,6 +154,30 @@ def timed(n: int, op: Callable[[int], object]) -> tuple[list[float], float]:
     return lat, time.perf_counter() - start
 
 
+def timed_concurrently(n: int, threads: int, op: Callable[[int], object]) -> tuple[list[float], float]:
+    """``n`` operations from ``threads`` threads started together; per-op latency and wall."""
+    import threading
+
+    lat: list[float] = []
+    barrier = threading.Barrier(threads + 1)
+
+    def worker(k: int) -> None:
+        barrier.wait()
+        for i in range(k, n, threads):
+            t = time.perf_counter()
+            op(i)
+            lat.append((time.perf_counter() - t) * 1000)
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in pool:
+        t.join()
+    return lat, time.perf_counter() - start
+
+
 def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100)[int(p) - 1] if len(values) >= 100 else max(values)
 
@@ -190,10 +216,17 @@ def bench_backend(name: str, url: str, args) -> list[tuple]:
 
     results = []
     base_lat, base_wall = timed(args.decisions, baseline)
+    conc_label = f"decide x{args.concurrency}"
     for label, op, lat_wall in (("baseline pk lookup", None, (base_lat, base_wall)),
                                 ("check (read-only)", check, None),
-                                ("decide (durable)", decide, None)):
-        lat, wall = lat_wall if op is None else timed(args.decisions, op)
+                                ("decide (durable)", decide, None),
+                                (conc_label, decide, None)):
+        if op is None:
+            lat, wall = lat_wall
+        elif label == conc_label:
+            lat, wall = timed_concurrently(args.decisions, args.concurrency, op)
+        else:
+            lat, wall = timed(args.decisions, op)
         results.append((name, label, statistics.median(lat), pct(lat, 99), args.decisions / wall,
                         statistics.median(lat) / statistics.median(base_lat)))
     enforcer.engine.dispose()
@@ -205,6 +238,7 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=1.0, help="multiply the data set (0.01 = quick)")
     p.add_argument("--decisions", type=int, default=2000)
     p.add_argument("--backends", default="sqlite,postgresql")
+    p.add_argument("--concurrency", type=int, default=64, help="threads deciding at once")
     args = p.parse_args()
     args.tenants = max(10, int(10_000 * args.scale))
     args.consents = max(100, int(1_000_000 * args.scale))

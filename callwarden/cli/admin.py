@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy import select
 from callwarden.cli.app import App, pass_app
 from callwarden.cli.output import emit, emit_json
 from callwarden.numbers import InvalidNumber, normalize
+from callwarden.store import audit
 from callwarden.store.facts import GLOBAL
 from callwarden.store.models import (
     AccessNumber,
@@ -490,10 +492,50 @@ def refusals_import(app: App, file, tenant: str, source: str, skip_invalid: bool
             if s.get(Tenant, tenant) is None:
                 click.echo(f"error: unknown tenant {tenant!r}", err=True)
                 raise SystemExit(1)
-    added = _run(app, lambda r: import_refusals_bulk(r.s, tenant, numbers(), source))
+    if app.engine.dialect.name == "sqlite" and file.seekable():
+        added = _import_refusals_in_steps(app, file, tenant, source, skip_invalid, bad)
+    else:
+        added = _run(app, lambda r: import_refusals_bulk(r.s, tenant, numbers(), source))
     for b in bad[:20]:
         click.echo("skipped " + b, err=True)
     click.echo(f"added {added} refusal(s)" + (f", skipped {len(bad)} bad line(s)" if bad else ""))
+
+
+#: Refusals per transaction when a SQLite import is split (a few ms of the write lock each),
+#: and the pause after each, in which waiting call decisions take the lock.
+SQLITE_IMPORT_STEP = 1_000
+SQLITE_IMPORT_PAUSE_S = 0.005
+
+
+def _import_refusals_in_steps(app: App, file: Any, tenant: str, source: str,
+                              skip_invalid: bool, bad: list[str]) -> int:
+    """SQLite takes one writer at a time: one transaction over millions of lines would hold
+    every call decision past its deadline. So the file is checked whole first (a bad line
+    without --skip-invalid still imports nothing), then imported in short transactions; an
+    import cut off half-way is completed by running it again (numbers already listed are
+    skipped)."""
+    for lineno, digits, problem in iter_dnc_numbers(file):
+        if digits is None:
+            if not skip_invalid:
+                click.echo(f"error: line {lineno}: {problem} (nothing was changed)", err=True)
+                raise SystemExit(1)
+            bad.append(f"line {lineno}: {problem}")
+    file.seek(0)
+    added, step = 0, []
+    for _, digits, _ in iter_dnc_numbers(file):
+        if digits is not None:
+            step.append(digits)
+        if len(step) >= SQLITE_IMPORT_STEP:
+            added += _run(app, lambda r, s=step: import_refusals_bulk(r.s, tenant, s, source,
+                                                                       audit_entry=False))
+            step = []
+            time.sleep(SQLITE_IMPORT_PAUSE_S)
+    added += _run(app, lambda r: import_refusals_bulk(r.s, tenant, step, source,
+                                                      audit_entry=False))
+    with app.session() as session:
+        audit.append(session, app.actor, "refusals.bulk_import", tenant,
+                     {"source": source, "added": added, "transactions": "split"})
+    return added
 
 
 # -- campaigns -------------------------------------------------------------------------------

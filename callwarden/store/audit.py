@@ -6,9 +6,10 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, Select, insert, select, update
 from sqlalchemy.orm import Session
 
 from callwarden.store.models import AuditEntry, AuditHead, utcnow
@@ -52,12 +53,19 @@ class NewEntry:
     at: dt.datetime | None = None
 
 
+@lru_cache(maxsize=8)
+def _head_with(also: tuple[Any, ...]) -> Select[Any]:
+    """The head's locking read with extra columns, built once (a statement built per call
+    costs its cache-key computation every time)."""
+    return _HEAD.add_columns(*also) if also else _HEAD
+
+
 def lock_head(conn: Connection, *also: Any) -> Head:
     """Lock the chain's head for the rest of the transaction (``FOR UPDATE`` on PostgreSQL;
     SQLite transactions are already exclusive), so that writers on several nodes append one
     after another. Creates it on a new store. ``also``: scalar subqueries read in the same
     round trip (:attr:`Head.also`)."""
-    head = conn.execute(_HEAD.add_columns(*also) if also else _HEAD).one_or_none()
+    head = conn.execute(_head_with(also)).one_or_none()
     if head is None:
         conn.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS))
         extra = tuple(conn.execute(select(*also)).one()) if also else ()

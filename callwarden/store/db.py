@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from callwarden.service.native import native_sleep
 
 
 class StoreUnavailable(Exception):
@@ -22,11 +26,18 @@ def make_engine(url: str, *, decision_timeout_ms: int | None = None, pool_size: 
     administrator's CLI) long imports may take the time they need.
     """
     if url.startswith("sqlite"):
-        busy_ms = max(decision_timeout_ms, 50) if decision_timeout_ms else 30_000
+        if decision_timeout_ms:
+            # SQLite's own busy handler backs off to 100 ms between tries: behind a series of
+            # short transactions of another process (a bulk import, a purge), a decision could
+            # miss every free moment until its deadline. So the servers wait for the write
+            # lock themselves, trying every 2 ms (see _on_begin); the handler covers the rest.
+            begin_ms, busy_ms = max(decision_timeout_ms, 50), 20
+        else:
+            begin_ms = busy_ms = 30_000
         engine = create_engine(
             url, connect_args={"timeout": busy_ms / 1000, "check_same_thread": False}
         )
-        _sqlite_pragmas(engine, busy_ms=busy_ms)
+        _sqlite_pragmas(engine, busy_ms=busy_ms, begin_ms=begin_ms)
         return engine
     options = make_url(url).query.get("options", "")  # e.g. a search_path given in the URL
     if decision_timeout_ms is None:
@@ -45,7 +56,11 @@ def make_engine(url: str, *, decision_timeout_ms: int | None = None, pool_size: 
     )
 
 
-def _sqlite_pragmas(engine: Engine, busy_ms: int) -> None:
+#: How often a server retries SQLite's write lock while another connection holds it.
+LOCK_POLL_S = 0.002
+
+
+def _sqlite_pragmas(engine: Engine, busy_ms: int, begin_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
@@ -61,7 +76,15 @@ def _sqlite_pragmas(engine: Engine, busy_ms: int) -> None:
     def _on_begin(conn):  # type: ignore[no-untyped-def]
         # Take the write lock up front: a deferred transaction that reads then writes can be
         # refused mid-way under WAL, instead of waiting its turn.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        deadline = time.monotonic() + begin_ms / 1000
+        while True:
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) or time.monotonic() >= deadline:
+                    raise
+            native_sleep(LOCK_POLL_S)
 
 
 def make_read_engine(engine: Engine) -> Engine:

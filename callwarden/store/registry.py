@@ -415,10 +415,12 @@ def iter_dnc_numbers(lines: Iterable[str]) -> Iterator[tuple[int, str | None, st
 
 
 def import_refusals_bulk(session: Session, tenant: str, numbers: Iterable[str], source: str,
-                         batch: int = 10_000) -> int:
+                         batch: int = 10_000, audit_entry: bool = True) -> int:
     """Insert canonical ``numbers`` as refusals of ``tenant``, skipping ones already listed.
 
     Streams in batches (a national list has millions of rows); returns how many were new.
+    ``audit_entry=False``: the caller writes the one audit entry for an import it splits
+    over several transactions.
     """
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -444,5 +446,7 @@ def import_refusals_bulk(session: Session, tenant: str, numbers: Iterable[str], 
         if len(chunk) >= batch:
             added += flush()
     added += flush()
-    audit.append(session, "admin", "refusals.bulk_import", tenant, {"source": source, "added": added})
+    if audit_entry:
+        audit.append(session, "admin", "refusals.bulk_import", tenant,
+                     {"source": source, "added": added})
     return added

@@ -163,3 +163,51 @@ def test_unknown_command_and_help():
     p = subprocess.run([sys.executable, "-m", "callwarden.cli.main", "--help"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and "check" in p.stdout and "registry" in p.stdout
     assert Path(sys.executable).exists()
+
+
+def test_a_large_dnc_import_on_sqlite_never_holds_decisions_past_their_deadline(
+        sqlite_url, tmp_path, make_settings):
+    """SQLite has one writer: the import goes in short transactions, so decisions made while
+    it runs keep the default 500 ms deadline; the file is checked whole first."""
+    import threading
+
+    from sqlalchemy import func, select
+
+    from callwarden.cli import admin
+    from callwarden.policy import CallAttempt
+    from callwarden.service.enforcer import Enforcer
+    from callwarden.store.models import AuditEntry, Refusal
+    from tests.conftest import at, seed
+
+    seed(sqlite_url)
+    cw = cli_invoker(sqlite_url, tmp_path)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("".join(f"1370{i:07d}\n" for i in range(3 * admin.SQLITE_IMPORT_STEP)) + "bogus\n")
+    p = cw("refusals", "import", str(bad))
+    assert p.returncode == 1 and "nothing was changed" in p.stderr
+    n = 8 * admin.SQLITE_IMPORT_STEP + 17
+    big = tmp_path / "dnc.txt"
+    big.write_text("".join(f"1360{i:07d}\n" for i in range(n)))
+    e = Enforcer(make_settings(sqlite_url, decision_timeout_ms=500,
+                               frequency={"per_day": 1000, "per_week": 7000}))
+    e.warm_up("asterisk", at("2026-03-02 10:00"))
+    done, codes = threading.Event(), []
+
+    def decide_meanwhile() -> None:
+        while not done.is_set():
+            codes.append(e.decide(CallAttempt("acme", "95512", "13800138000",
+                                              at("2026-03-02 10:00"), pbx="asterisk")).decision.codes)
+
+    t = threading.Thread(target=decide_meanwhile)
+    t.start()
+    try:
+        assert f"added {n} refusal(s)" in ok(cw("refusals", "import", str(big)))
+    finally:
+        done.set()
+        t.join(10)
+    assert codes and all(c == () for c in codes), {c for c in codes if c}
+    with e.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Refusal)) >= n
+        assert s.scalar(select(func.count()).select_from(AuditEntry)
+                        .where(AuditEntry.action == "refusals.bulk_import")) == 1
+    e.engine.dispose()
