@@ -27,8 +27,7 @@ from callwarden.store.migrate import upgrade
 from callwarden.store.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-TRACES = SHARED / "traces"
+TRACES = ROOT / "tests" / "sim" / "captures"  # protocol captures from real PBXes (README there)
 EXAMPLE_CONFIG = ROOT / "config" / "callwarden.example.yaml"
 EXAMPLE_REGISTRY = ROOT / "config" / "registry.example.yaml"
 PG_URL = os.environ.get("CALLWARDEN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
