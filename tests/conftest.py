@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
+from callwarden.audit.pseudonym import KEY_ENV, ensure_store_key
 from callwarden.config import Settings, parse_settings
 from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
 from callwarden.store.migrate import upgrade
@@ -28,6 +30,9 @@ from callwarden.store.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT / "tests" / "sim" / "captures"  # protocol captures from real PBXes (README there)
+# One audit key for the session's stores (each records its fingerprint); subprocesses inherit
+# it. A test about the key gives its own with audit.key_file, which comes first.
+os.environ[KEY_ENV] = str(Path(tempfile.mkdtemp(prefix="cw-audit-key-")) / "audit.key")
 EXAMPLE_CONFIG = ROOT / "config" / "callwarden.example.yaml"
 EXAMPLE_REGISTRY = ROOT / "config" / "registry.example.yaml"
 PG_URL = os.environ.get("CALLWARDEN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -85,6 +90,7 @@ def migrated_store(kind: str, directory: Path) -> Iterator[str]:
 def _upgrade(url: str) -> None:
     engine = make_engine(url)
     upgrade(engine)
+    ensure_store_key(parse_settings({"store": {"url": url}}), engine)
     engine.dispose()
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from callwarden.audit import pseudonym
 from callwarden.store.models import AuditEntry, AuditHead, utcnow
 
 GENESIS = "0" * 64
@@ -38,11 +40,17 @@ def append(session: Session, actor: str, action: str, subject: str | None = None
            details: dict[str, Any] | None = None, at: dt.datetime | None = None) -> str:
     """Add one entry at the end of the chain, inside the caller's transaction; returns its hash.
 
+    Phone numbers in ``subject``/``details`` are replaced by their keyed hash and masked form
+    (``callwarden.audit.pseudonym.protect``), with the key loaded for this store at start-up.
+
     The head row is locked (``FOR UPDATE`` on PostgreSQL; SQLite transactions are already
     exclusive), so concurrent writers on several nodes append one after another. Plain Core
     statements: this runs inside every call decision.
     """
     conn = session.connection()
+    # Numbers never go in clear: keyed hash + masked form (callwarden.audit.pseudonym).
+    subject, details = pseudonym.protect(pseudonym.bound_key(conn.engine), action, subject,
+                                         details or {})
     head = conn.execute(_HEAD).one_or_none()
     if head is None:
         conn.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS))
@@ -65,8 +73,10 @@ class ChainProblem:
     problem: str
 
 
-def verify_chain(session: Session, batch: int = 5000) -> list[ChainProblem]:
-    """Walk the whole chain; report every altered, missing or re-linked entry."""
+def verify_chain(session: Session, batch: int = 5000,
+                 inspect: Callable[[AuditEntry], None] | None = None) -> list[ChainProblem]:
+    """Walk the whole chain; report every altered, missing or re-linked entry. ``inspect``
+    sees every entry on the way (one walk for other checks of the entries)."""
     problems: list[ChainProblem] = []
     prev_hash, expected_seq, last = GENESIS, 1, 0
     stmt = select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=batch)
@@ -77,6 +87,8 @@ def verify_chain(session: Session, batch: int = 5000) -> list[ChainProblem]:
             problems.append(ChainProblem(e.seq, "prev_hash does not link to the previous entry"))
         if entry_hash(e.prev_hash, e.seq, e.at, e.actor, e.action, e.subject, e.details) != e.hash:
             problems.append(ChainProblem(e.seq, "content does not match its hash (entry altered)"))
+        if inspect is not None:
+            inspect(e)
         prev_hash, expected_seq, last = e.hash, e.seq + 1, e.seq
     head = session.get(AuditHead, 1)
     if head is not None and (head.seq != last or head.hash != prev_hash):

@@ -267,6 +267,16 @@ class AuditHead(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+class AuditKeyFingerprint(Base):
+    """One row: HMAC of a fixed label under the installation's audit key (never the key)."""
+
+    __tablename__ = "audit_key"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class LegalHold(Base):
     """Keeps recordings past their deadline: one call, a whole tenant, or a number range."""
 
