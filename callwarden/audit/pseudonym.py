@@ -247,12 +247,23 @@ def ensure_store_key(settings: Settings, engine: Engine) -> tuple[AuditKey, bool
     return key, created
 
 
-def open_store_key(settings: Settings, engine: Engine) -> AuditKey:
+def open_store_key(settings: Settings, engine: Engine, *, store_may_be_down: bool = False) -> AuditKey:
     """Start-up: read the key and check it against the store; then entries on ``engine``'s
-    store are written with it. Raises AuditKeyError (missing, unreadable, wrong key)."""
+    store are written with it. Raises AuditKeyError (missing, unreadable, wrong key).
+
+    A store that cannot be reached raises what the store raises, unless ``store_may_be_down``
+    (the enforcer: it starts and fails calls closed until the store answers); the key file
+    is still read and checked for form."""
     key = read_key(key_path(settings))
     try:
-        with engine.connect() as conn:
+        conn = engine.connect()
+    except SQLAlchemyError:
+        if not store_may_be_down:
+            raise
+        bind(engine, key)
+        return key
+    try:
+        with conn:
             stored = _stored_fingerprint(conn)
     except SQLAlchemyError:
         raise AuditKeyError("the store has no audit_key table (schema behind): "

@@ -151,7 +151,7 @@ class Enforcer:
             pool_size=settings.store.pool_size,
         )
         self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
-        self.audit_key = open_store_key(settings, self.engine)  # numbers in audit entries
+        self.audit_key = open_store_key(settings, self.engine, store_may_be_down=True)
         self.timeout_s = settings.decision_timeout_ms / 1000
         self.recording_dir = Path(settings.recording.dir)
         self.recordings = RecordingService(settings, self.sessions)  # storage/key built once
