@@ -64,7 +64,7 @@ def migrated_store(kind: str, directory: Path) -> Iterator[str]:
     global _PG_OK
     if kind == "sqlite":
         url = f"sqlite:///{directory / 'callwarden.db'}"
-        _upgrade(url)
+        migrate(url)
         yield url
         return
     if _PG_OK is None:
@@ -79,7 +79,7 @@ def migrated_store(kind: str, directory: Path) -> Iterator[str]:
         c.execute(text(f'CREATE SCHEMA "{schema}"'))
     url = f"{PG_URL}?options=-csearch_path%3D{schema}"
     try:
-        _upgrade(url)
+        migrate(url)
         yield url
     finally:
         with admin.begin() as c:
@@ -87,7 +87,8 @@ def migrated_store(kind: str, directory: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def _upgrade(url: str) -> None:
+def migrate(url: str) -> None:
+    """Migrate the store at ``url`` and record the session's audit key in it (db upgrade)."""
     engine = make_engine(url)
     upgrade(engine)
     ensure_store_key(parse_settings({"store": {"url": url}}), engine)

@@ -34,7 +34,7 @@ from callwarden.audit.pseudonym import AuditKey
 from callwarden.audit.search import call_row
 from callwarden.config import MIN_RETENTION_DAYS, Settings
 from callwarden.numbers import Number
-from callwarden.service.holds import held
+from callwarden.service.holds import covering_holds, held
 from callwarden.service.purge import Purger, PurgeReport
 from callwarden.service.recording_target import LazyTarget
 from callwarden.store import audit
@@ -43,7 +43,6 @@ from callwarden.store.models import (
     Call,
     Complaint,
     Consent,
-    LegalHold,
     Recording,
     Refusal,
     utcnow,
@@ -56,12 +55,6 @@ FLOOR_RULE = f"retention floor: at least {MIN_RETENTION_DAYS} days after its end
 
 def _calls(number: Number):  # type: ignore[no-untyped-def]
     return or_(Call.caller == number.digits, Call.callee == number.digits)
-
-
-def _holds_naming(session: Session, number: Number) -> list[LegalHold]:
-    return [h for h in session.scalars(select(LegalHold).where(
-        LegalHold.scope == "number_prefix", LegalHold.lifted_at.is_(None)).order_by(LegalHold.id))
-        if number.digits.startswith(h.value)]
 
 
 def export_subject(session: Session, key: AuditKey, number: Number, scope: Scope) -> dict[str, Any]:
@@ -103,7 +96,7 @@ def export_subject(session: Session, key: AuditKey, number: Number, scope: Scope
                         "source": c.source, "call_id": c.call_id, "note": c.note}
                        for c in session.scalars(complaints)],
         "legal_holds": [{"id": h.id, "scope": h.scope, "value": h.value, "reason": h.reason,
-                         "set_at": h.set_at} for h in _holds_naming(session, number)]
+                         "set_at": h.set_at} for h in covering_holds(session, None, None, [number.digits])]
         if tenant is None else [],
         "audit_entries": [entry_row(e) for e in entries_for_number(session, key, number.digits, scope)],
     }
@@ -194,11 +187,8 @@ class SubjectEraser:
 
     def _hold_reason(self, s: Session, call_id: str | None, tenant: str | None,
                      numbers: list[str | None]) -> str | None:
-        for h in s.scalars(select(LegalHold).where(LegalHold.lifted_at.is_(None)).order_by(LegalHold.id)):
-            if ((h.scope == "call" and h.value == call_id) or (h.scope == "tenant" and h.value == tenant)
-                    or (h.scope == "number_prefix" and any(n and n.startswith(h.value) for n in numbers))):
-                return f"legal hold {h.id} ({h.scope}): {h.reason}"
-        return None
+        holds = covering_holds(s, call_id, tenant, numbers)
+        return f"legal hold {holds[0].id} ({holds[0].scope}): {holds[0].reason}" if holds else None
 
     def _floor_reason(self, end: dt.datetime | None) -> str | None:
         if end is not None and end > self.report.now - FLOOR:
