@@ -30,6 +30,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -75,14 +76,21 @@ def canonical_number(value: str) -> str:
     return number.digits if number else value.strip()
 
 
+def _digest(key: AuditKey, canonical: str) -> str:
+    return hmac.new(key.secret, canonical.encode(), hashlib.sha256).hexdigest()
+
+
 def number_digest(key: AuditKey, number: str) -> str:
     """HMAC-SHA256 of the number's canonical form under the installation key (hex)."""
-    return hmac.new(key.secret, canonical_number(number).encode(), hashlib.sha256).hexdigest()
+    return _digest(key, canonical_number(number))
 
 
 def pseudonym(key: AuditKey, number: str) -> dict[str, str]:
     """What an audit entry holds instead of ``number``."""
-    return {"hmac": number_digest(key, number), "masked": mask_raw(number)}
+    n = try_normalize(number)  # once: this runs in every call decision
+    if n is None:
+        return {"hmac": _digest(key, number.strip()), "masked": mask_raw(number)}
+    return {"hmac": _digest(key, n.digits), "masked": n.masked()}
 
 
 # -- what an entry carries ------------------------------------------------------------------
@@ -287,9 +295,19 @@ def _store_id(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
+#: Engine -> key, so that the per-call append does not render a URL each time.
+_BY_ENGINE: WeakKeyDictionary[Engine, AuditKey] = WeakKeyDictionary()
+
+
 def bind(engine: Engine, key: AuditKey) -> None:
     _BOUND[_store_id(engine)] = key
+    _BY_ENGINE.clear()
 
 
 def bound_key(engine: Engine) -> AuditKey | None:
-    return _BOUND.get(_store_id(engine))
+    key = _BY_ENGINE.get(engine)
+    if key is None:
+        key = _BOUND.get(_store_id(engine))
+        if key is not None:
+            _BY_ENGINE[engine] = key
+    return key

@@ -183,6 +183,9 @@ def test_start_problems_exit_1(adapters) -> None:
         busy = adapters(ESL, outbound_port=taken.getsockname()[1])
         assert busy.exit_code() == 1
     assert "freeswitch.esl_outbound: cannot listen" in busy.log.read_text()
+    keyless = adapters(ESL, audit={"key_file": "/nonexistent/audit.key"})
+    assert keyless.exit_code() == 1
+    assert "audit key file /nonexistent/audit.key is missing" in keyless.log.read_text()
 
 
 @pytest.mark.parametrize(("code", "expected"), [

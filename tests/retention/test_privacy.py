@@ -216,6 +216,7 @@ def test_default_key_file_is_beside_the_sqlite_store(tmp_path, monkeypatch) -> N
 def test_a_number_without_a_loaded_key_is_never_written_in_clear(store_url) -> None:
     engine = make_engine(store_url)
     pseudonym._BOUND.pop(engine.url.render_as_string(hide_password=True))
+    pseudonym._BY_ENGINE.clear()
     try:
         with pytest.raises(AuditKeyError), unit_of_work(make_sessionmaker(engine)) as s:
             audit.append(s, "t", "decision", "c1", {"callee": CALLEE})
