@@ -22,7 +22,7 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from callwarden.audit.pseudonym import KEY_ENV, ensure_store_key
+from callwarden.audit.pseudonym import KEY_ENV, create_key, ensure_store_key
 from callwarden.config import Settings, parse_settings
 from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
 from callwarden.store.migrate import upgrade
@@ -31,8 +31,10 @@ from callwarden.store.registry import Registry
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT / "tests" / "sim" / "captures"  # protocol captures from real PBXes (README there)
 # One audit key for the session's stores (each records its fingerprint); subprocesses inherit
-# it. A test about the key gives its own with audit.key_file, which comes first.
-os.environ[KEY_ENV] = str(Path(tempfile.mkdtemp(prefix="cw-audit-key-")) / "audit.key")
+# it. A test about the key gives its own with audit.key_file, which comes first. (This module
+# is imported twice, as `conftest` and `tests.conftest`: the first one makes the key.)
+if not os.environ.get(KEY_ENV):
+    os.environ[KEY_ENV] = str(create_key(Path(tempfile.mkdtemp(prefix="cw-audit-key-")) / "audit.key").path)
 EXAMPLE_CONFIG = ROOT / "config" / "callwarden.example.yaml"
 EXAMPLE_REGISTRY = ROOT / "config" / "registry.example.yaml"
 PG_URL = os.environ.get("CALLWARDEN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
