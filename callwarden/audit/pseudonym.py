@@ -169,6 +169,8 @@ def has_clear_numbers(action: str, subject: str | None, details_text: str) -> bo
     """Whether a stored entry holds a number in clear (written before numbers were keyed)."""
     if subject is not None and action in NUMBER_SUBJECTS and SUBJECT_PREFIX not in subject:
         return True
+    if action not in _HOLD_ACTIONS and not any(f'"{k}":' in details_text for k in NUMBER_KEYS):
+        return False  # cheap: `verify` asks this of every entry of the chain
     try:
         details = json.loads(details_text)
     except ValueError:
