@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from sqlalchemy import MetaData, select
 
 from callwarden.audit import pseudonym
+from callwarden.audit.bundle import AUDIT_ENTRIES
 from callwarden.audit.pseudonym import AuditKeyError, number_digest
 from callwarden.cli.main import cli
 from callwarden.config import parse_settings
@@ -28,7 +29,7 @@ from callwarden.recorder import spool_path
 from callwarden.service.enforcer import CallEnd, Enforcer, InboundCall
 from callwarden.store import audit
 from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
-from callwarden.store.models import AuditEntry, AuditKeyFingerprint
+from callwarden.store.models import AuditEntry, AuditKeyFingerprint, Consent
 from tests.conftest import CST, seed
 from tests.recorder.conftest import write_wav
 from tests.retention.conftest import DAY, NOW, Site
@@ -226,3 +227,20 @@ def test_a_number_without_a_loaded_key_is_never_written_in_clear(store_url) -> N
             assert [e.action for e in s.scalars(select(AuditEntry))] == ["tenants.status"]
     finally:
         engine.dispose()
+
+
+def test_a_bundle_carries_the_keyed_consent_entries_of_its_calls(site, tmp_path) -> None:
+    seed(site.url, {"consents": [{
+        "tenant": "acme", "callee": CALLEE, "scope": ["callback"],
+        "obtained_at": (NOW - 10 * DAY).isoformat(), "expires_at": None,
+        "evidence": {"kind": "contract", "ref": "C-PRIV-2", "sha256": None}}]})
+    with site.sessions() as s:
+        consent_id = s.scalar(select(Consent.id).where(Consent.callee == CALLEE))
+    site.call(callee=CALLEE, write=False, consent_id=consent_id)
+    bundle = tmp_path / "c.zip"
+    assert site.cli("audit", "export", "--out", str(bundle)).returncode == 0
+    with zipfile.ZipFile(bundle) as z:
+        entries = [json.loads(line) for line in z.read(AUDIT_ENTRIES).splitlines()]
+    created = [e for e in entries if e["action"] == "consents.created"]
+    assert [e["subject"] for e in created] == [
+        "acme:h:" + number_digest(site.enforcer.audit_key, CALLEE)]
