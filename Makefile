@@ -1,7 +1,9 @@
 # Two entry points for a fresh machine (see README.md):
 #   make run    set up, create the SQLite store, load the example registry, show sample
 #               decisions, then start the enforcement servers with the example config
-#   make test   set up and run the linter and the whole test suite
+#   make test   set up with the test extras, run the linter and the whole test suite
+# `make run` installs only what running needs; the test tools (pytest, moto, hypothesis, ruff)
+# come with `make test` (separate stamp files).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,15 +11,21 @@ CONFIG ?= config/callwarden.example.yaml
 CW := $(BIN)/callwarden --config $(CONFIG)
 AT ?= 2026-03-02T10:00:00+08:00
 
-.PHONY: setup run demo-decisions test lint bench clean
+.PHONY: setup setup-test run demo-decisions test lint bench clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
-	$(PY) -m venv $(VENV)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
 setup: $(BIN)/.installed
+
+setup-test: $(BIN)/.installed-test
 
 run: setup
 	$(CW) db upgrade
@@ -33,13 +41,13 @@ demo-decisions: setup
 	-$(CW) check --tenant acme --caller 955121234 --callee 13900139000 --campaign spring-promo --at $(AT)
 	-$(CW) check --tenant acme --caller 95512 --callee 13800138000 --at 2026-03-02T22:30:00+08:00
 
-lint: setup
+lint: setup-test
 	$(BIN)/ruff check callwarden tests bench
 
 test: lint
 	$(BIN)/pytest -q
 
-bench: setup
+bench: setup-test
 	$(BIN)/python bench/bench_decide.py --scale 0.1
 
 clean:

@@ -41,6 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from tests.sim.asterisk import AgiCall, AgiTiming, Pbx  # noqa: E402
 
+# The audit key of the bench's throw-away stores (callwarden db upgrade would create it).
+os.environ.setdefault("CALLWARDEN_AUDIT_KEY_FILE",
+                      str(Path(tempfile.gettempdir()) / "callwarden-bench-audit.key"))
+
 PG_URL = os.environ.get("CALLWARDEN_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 CST = dt.timezone(dt.timedelta(hours=8))
 MONDAY_10AM = dt.datetime(2026, 3, 2, 10, 0, tzinfo=CST)  # inside calling hours, always
@@ -120,12 +124,15 @@ def serve_callwarden(port_out: mp.Queue, url: str, workdir: str) -> None:
 
 
 def prepare_store(url: str) -> None:
+    from callwarden.audit.pseudonym import ensure_store_key
+    from callwarden.config import parse_settings
     from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
     from callwarden.store.migrate import upgrade
     from callwarden.store.registry import Registry
 
     engine = make_engine(url)
     upgrade(engine)
+    ensure_store_key(parse_settings({"store": {"url": url}}), engine)
     with unit_of_work(make_sessionmaker(engine)) as s:
         Registry(s, "bench").import_document(registry())
     engine.dispose()

@@ -40,11 +40,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from callwarden.audit.access import Scope  # noqa: E402
 from callwarden.audit.export import export_bundle  # noqa: E402
 from callwarden.audit.filters import SearchFilters  # noqa: E402
+from callwarden.audit.pseudonym import ensure_store_key  # noqa: E402
 from callwarden.audit.search import count_query, search  # noqa: E402
+from callwarden.config import parse_settings  # noqa: E402
 from callwarden.recorder import Key, LocalStorage, finalize, make_keyring  # noqa: E402
 from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work  # noqa: E402
 from callwarden.store.migrate import upgrade  # noqa: E402
 from callwarden.store.models import Call, Recording  # noqa: E402
+
+# The audit key of the bench's throw-away stores (callwarden db upgrade would create it).
+os.environ.setdefault("CALLWARDEN_AUDIT_KEY_FILE",
+                      str(Path(tempfile.gettempdir()) / "callwarden-bench-audit.key"))
 
 PG = os.environ.get("CALLWARDEN_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 CST = dt.timezone(dt.timedelta(hours=8))
@@ -89,6 +95,7 @@ def load(n: int, schema: str) -> str:
     url = _url(schema)
     engine = make_engine(url)
     upgrade(engine)
+    ensure_store_key(parse_settings({"store": {"url": url}}), engine)
     indexes = []
     with engine.begin() as c:  # load without secondary indexes, then build them: much faster
         for name, ddl in c.execute(text("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = :s "

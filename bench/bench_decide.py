@@ -33,12 +33,17 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, insert, text
 
+from callwarden.audit.pseudonym import ensure_store_key
 from callwarden.config import parse_settings
 from callwarden.policy import CallAttempt
 from callwarden.service.enforcer import Enforcer
 from callwarden.store.db import make_engine, make_sessionmaker
 from callwarden.store.migrate import upgrade
 from callwarden.store.models import AccessNumber, Call, Consent, Tenant, Trunk
+
+# The audit key of the bench's throw-away stores (callwarden db upgrade would create it).
+os.environ.setdefault("CALLWARDEN_AUDIT_KEY_FILE",
+                      str(Path(tempfile.gettempdir()) / "callwarden-bench-audit.key"))
 
 PG_URL = os.environ.get("CALLWARDEN_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 CST = dt.timezone(dt.timedelta(hours=8))
@@ -124,6 +129,7 @@ def copy_calls_pg(engine, rows: Iterator[dict]) -> None:
 def load(url: str, args, rng: random.Random) -> None:
     engine = make_engine(url)
     upgrade(engine)
+    ensure_store_key(parse_settings({"store": {"url": url}}), engine)
     t0 = time.perf_counter()
     load_batches(engine, Tenant, rows_tenants(args.tenants))
     load_batches(engine, AccessNumber, rows_numbers(args.tenants))

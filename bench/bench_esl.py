@@ -87,9 +87,7 @@ def main() -> None:
 
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root))
-    from callwarden.store.db import make_engine
-    from callwarden.store.migrate import upgrade
-    from tests.conftest import EXAMPLE_REGISTRY, seed
+    from tests.conftest import EXAMPLE_REGISTRY, migrate, seed
     from tests.sim.freeswitch import CallProfile, FsCall
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -101,7 +99,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-esl-"))
     callees = [f"138{i:08d}" for i in range(10_000, 10_400)]  # 400 consented callees
     url = f"sqlite:///{work / 'bench.db'}"
-    upgrade(make_engine(url))
+    migrate(url)  # schema + the audit key (tests.conftest)
     registry = yaml.safe_load(EXAMPLE_REGISTRY.read_text(encoding="utf-8"))
     template = registry["consents"][0]
     registry["consents"] += [{**template, "callee": c} for c in callees]

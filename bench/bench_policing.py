@@ -32,19 +32,27 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 
 from callwarden import log as cwlog
+from callwarden.audit.pseudonym import ensure_store_key
 from callwarden.config import parse_settings
 from callwarden.policing.runner import Detector
 from callwarden.store.db import make_engine
 from callwarden.store.migrate import upgrade
+
+# The audit key of the bench's throw-away stores (callwarden db upgrade would create it).
+os.environ.setdefault("CALLWARDEN_AUDIT_KEY_FILE",
+                      str(Path(tempfile.gettempdir()) / "callwarden-bench-audit.key"))
 
 
 def load(engine: Engine, rows: int, tenants: int, telemarketers: int, window: dt.timedelta,
@@ -248,6 +256,7 @@ def main() -> None:
         c.execute(text(f'DROP SCHEMA IF EXISTS "{args.schema}" CASCADE'))
         c.execute(text(f'CREATE SCHEMA "{args.schema}"'))
     upgrade(engine)
+    ensure_store_key(parse_settings({"store": {"url": url}}), engine)
     print("loading ...", flush=True)
     took = load(engine, args.rows, args.tenants, args.telemarketers, window, now)
     print("load: " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()))

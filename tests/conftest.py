@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,14 +22,19 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
+from callwarden.audit.pseudonym import KEY_ENV, create_key, ensure_store_key
 from callwarden.config import Settings, parse_settings
 from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
 from callwarden.store.migrate import upgrade
 from callwarden.store.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-TRACES = SHARED / "traces"
+TRACES = ROOT / "tests" / "sim" / "captures"  # protocol captures from real PBXes (README there)
+# One audit key for the session's stores (each records its fingerprint); subprocesses inherit
+# it. A test about the key gives its own with audit.key_file, which comes first. (This module
+# is imported twice, as `conftest` and `tests.conftest`: the first one makes the key.)
+if not os.environ.get(KEY_ENV):
+    os.environ[KEY_ENV] = str(create_key(Path(tempfile.mkdtemp(prefix="cw-audit-key-")) / "audit.key").path)
 EXAMPLE_CONFIG = ROOT / "config" / "callwarden.example.yaml"
 EXAMPLE_REGISTRY = ROOT / "config" / "registry.example.yaml"
 PG_URL = os.environ.get("CALLWARDEN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -60,7 +66,7 @@ def migrated_store(kind: str, directory: Path) -> Iterator[str]:
     global _PG_OK
     if kind == "sqlite":
         url = f"sqlite:///{directory / 'callwarden.db'}"
-        _upgrade(url)
+        migrate(url)
         yield url
         return
     if _PG_OK is None:
@@ -75,7 +81,7 @@ def migrated_store(kind: str, directory: Path) -> Iterator[str]:
         c.execute(text(f'CREATE SCHEMA "{schema}"'))
     url = f"{PG_URL}?options=-csearch_path%3D{schema}"
     try:
-        _upgrade(url)
+        migrate(url)
         yield url
     finally:
         with admin.begin() as c:
@@ -83,9 +89,11 @@ def migrated_store(kind: str, directory: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def _upgrade(url: str) -> None:
+def migrate(url: str) -> None:
+    """Migrate the store at ``url`` and record the session's audit key in it (db upgrade)."""
     engine = make_engine(url)
     upgrade(engine)
+    ensure_store_key(parse_settings({"store": {"url": url}}), engine)
     engine.dispose()
 
 

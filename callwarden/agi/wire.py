@@ -3,7 +3,7 @@
 Asterisk is trusted to speak AGI, but anything can connect to the port, so every reader here is
 bounded (bytes per line, lines per block, seconds per read) and turns malformed input into one
 exception type, :class:`AgiProtocolError`, that the server answers by dropping the connection.
-Facts from the captures in ``shared/traces/asterisk`` that shape this module:
+Facts from the captures in ``tests/sim/captures/asterisk`` that shape this module:
 
 * the environment block can arrive in several TCP segments and ends with an empty line;
 * ``agi_network_script`` is the URL path *including* any ``?query``, absent without a path;

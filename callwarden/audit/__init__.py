@@ -13,4 +13,6 @@ Modules, one job each:
 - ``report``: the figures of a per-tenant compliance report; ``report_render`` and ``charts``
   turn them into HTML (with inline SVG charts, template in ``templates/``), JSON or CSV.
 - ``jsonable``: plain JSON values from store rows.
+- ``pseudonym``: numbers in audit entries as keyed hash + masked form; the installation key.
+- ``entries``: the audit-log entries about one number (keyed or, from before, in clear).
 """

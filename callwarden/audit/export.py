@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from callwarden import __version__
 from callwarden.audit import bundle as B
+from callwarden.audit import pseudonym
 from callwarden.audit.access import Scope, record_access
 from callwarden.audit.filters import SearchFilters
 from callwarden.audit.jsonable import to_jsonable
@@ -165,6 +166,10 @@ def _collect(session: Session, filters: SearchFilters, scope: Scope, opts: Expor
     subjects |= {c["inbound_call_id"] for c in col.callbacks if c["inbound_call_id"]}
     consent_subjects = {str(c["id"]) for c in consents}
     subjects |= consent_subjects | {f"{c['tenant']}:{c['callee']}" for c in consents}
+    key = pseudonym.bound_key(session.get_bind())  # type: ignore[arg-type]
+    if key is not None:  # the same subjects as written since numbers are keyed
+        subjects |= {pseudonym.protect_subject(key, "consents.created", f"{c['tenant']}:{c['callee']}")
+                     for c in consents}
     col.entries = tempfile.TemporaryFile(dir=tmpdir)  # noqa: SIM115 - closed by export_bundle
     seen: set[int] = set()
     for chunk in _chunks(sorted(subjects)):

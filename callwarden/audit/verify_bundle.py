@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from callwarden.audit import bundle as B
+from callwarden.audit.pseudonym import has_clear_numbers
 from callwarden.audit.search import CSV_COLUMNS, CSV_COLUMNS_V1, csv_values
 from callwarden.recorder import DecryptingReader, DecryptionError, Keyring
 from callwarden.recorder.streams import PrefixedReader, hash_stream
@@ -279,7 +280,7 @@ def _check_entries(reader: B.BundleReader, manifest: dict[str, Any], res: Verify
     head = manifest.get("audit_log", {}).get("head") or {}
     head_seq = int(head.get("seq", 0))
     prev: dict[str, Any] | None = None
-    n = 0
+    n = clear = 0
     try:
         with reader.open(B.AUDIT_ENTRIES) as fh:
             for lineno, line in enumerate(fh, start=1):
@@ -293,6 +294,8 @@ def _check_entries(reader: B.BundleReader, manifest: dict[str, Any], res: Verify
                     prev = None
                     continue
                 n += 1
+                # Both forms verify: numbers keyed (since revision 0008) or, before, in clear.
+                clear += has_clear_numbers(e["action"], e["subject"], e["details"])
                 if not ok:
                     res.fail(where, f"line {lineno}: entry {seq} does not match its hash (entry altered)")
                 if seq == 1 and e["prev_hash"] != GENESIS:
@@ -311,6 +314,9 @@ def _check_entries(reader: B.BundleReader, manifest: dict[str, Any], res: Verify
         res.fail(B.AUDIT_ENTRIES, "missing from the bundle")
     except _READ_ERRORS as exc:
         res.fail(B.AUDIT_ENTRIES, f"cannot be read ({exc})")
+    if clear:
+        res.notes.append(f"{B.AUDIT_ENTRIES}: {clear} of {n} entries hold phone numbers in clear "
+                         "(written before numbers were keyed); the others hold them as keyed hashes")
     expected = manifest.get("counts", {}).get("audit_entries")
     if expected is not None and expected != n:
         res.fail(B.AUDIT_ENTRIES, f"holds {n} entries, the manifest counts {expected}")

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from callwarden import log
+from callwarden.audit.pseudonym import AuditKey, AuditKeyError, open_store_key
 from callwarden.config import ConfigError, Settings, load_settings
 from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
 
@@ -35,9 +36,27 @@ class App:
         return settings
 
     @cached_property
-    def engine(self) -> Engine:
+    def raw_engine(self) -> Engine:
         """The administrator's engine: no decision deadline, long imports allowed."""
         return make_engine(self.settings.store.url)
+
+    @cached_property
+    def engine(self) -> Engine:
+        """:attr:`raw_engine`, once the audit key has been checked against the store (every
+        command that writes or searches audit entries needs it; ``db`` commands do not)."""
+        engine = self.raw_engine
+        try:
+            self._audit_key = open_store_key(self.settings, engine)
+        except AuditKeyError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise SystemExit(1) from None
+        return engine
+
+    @property
+    def audit_key(self) -> AuditKey:
+        """The installation's audit key, checked against the store."""
+        _ = self.engine
+        return self._audit_key
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -19,6 +19,7 @@ import click
 from sqlalchemy import select
 
 from callwarden.audit.access import AccessDenied, Scope, record_access, resolve_scope
+from callwarden.audit.entries import entries_for_number, entry_row
 from callwarden.audit.export import ExportOptions, export_bundle
 from callwarden.audit.filters import FilterError, SearchFilters
 from callwarden.audit.search import CSV_COLUMNS, TABLE_COLUMNS, count_query, csv_values, search
@@ -26,6 +27,7 @@ from callwarden.audit.snapshot import snapshot
 from callwarden.audit.verify_bundle import against_store, verify_bundle
 from callwarden.cli.app import App, pass_app
 from callwarden.cli.output import emit, emit_json
+from callwarden.numbers import InvalidNumber, normalize
 from callwarden.recorder import (
     DecryptionError,
     KeyLoadError,
@@ -178,6 +180,33 @@ def audit_search(app: App, limit: int, offset: int, count_only: bool, full_numbe
         emit(rows, TABLE_COLUMNS, False)
         if len(rows) == limit:
             click.echo(f"(first {limit} from offset {offset}; more with --offset {offset + limit})", err=True)
+
+
+# -- audit-log entries about a number -------------------------------------------------------------
+
+@audit_group.command("log")
+@click.option("--number", required=True, metavar="N", help="A phone number (any usual form).")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--json", "as_json", is_flag=True)
+@scope_option
+@pass_app
+def audit_log(app: App, number: str, limit: int, as_json: bool, as_tenant: str | None) -> None:
+    """Audit-log entries about one number, oldest first (audit-logged).
+
+    The number is hashed with the installation key to find entries that hold it keyed; entries
+    written before numbers were keyed are matched on its digits. NUMBERS says which form.
+    """
+    try:
+        normalize(number)
+    except InvalidNumber:
+        raise click.UsageError("--number: not a phone number") from None
+    with _guard():
+        scope = _scope(app, as_tenant)
+        with snapshot(app.engine) as s:
+            rows = [entry_row(e) for e in entries_for_number(s, app.audit_key, number, scope, limit)]
+    with app.session() as s:
+        record_access(s, scope, "audit.log", scope.tenant, {"number": number, "rows": len(rows)})
+    emit(rows, ["seq", "at", "actor", "action", "subject", "numbers"], as_json)
 
 
 # -- one recording -----------------------------------------------------------------------------

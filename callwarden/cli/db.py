@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from callwarden.audit.pseudonym import AuditKeyError, ensure_store_key
 from callwarden.cli.app import App, pass_app
 from callwarden.store.migrate import current_revision, head_revision, upgrade
 
@@ -16,16 +17,25 @@ def db_group() -> None:
 @db_group.command("upgrade")
 @pass_app
 def db_upgrade(app: App) -> None:
-    """Create the schema, or migrate it to the newest revision (safe to re-run)."""
-    upgrade(app.engine)
-    click.echo(f"schema at revision {current_revision(app.engine)} ({app.engine.url.render_as_string()})")
+    """Create the schema, or migrate it to the newest revision (safe to re-run); create the
+    audit key file (audit.key_file) on a new installation."""
+    engine = app.raw_engine
+    upgrade(engine)
+    click.echo(f"schema at revision {current_revision(engine)} ({engine.url.render_as_string()})")
+    try:
+        key, created = ensure_store_key(app.settings, engine)
+    except AuditKeyError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    click.echo(f"audit key {'created' if created else 'found'}: {key.path} "
+               f"(fingerprint {key.fingerprint[:12]}...; keep a backup of it)")
 
 
 @db_group.command("status")
 @pass_app
 def db_status(app: App) -> None:
     """Show the schema revision; exit 1 when it is behind."""
-    current, head = current_revision(app.engine), head_revision()
+    current, head = current_revision(app.raw_engine), head_revision()
     click.echo(f"current: {current or '(empty store)'}  newest: {head}")
     if current != head:
         click.echo("run: callwarden db upgrade", err=True)

@@ -80,4 +80,6 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(str(file), [f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
-    return parse_settings(data, str(file))
+    settings = parse_settings(data, str(file))
+    settings._config_dir = file.resolve().parent
+    return settings

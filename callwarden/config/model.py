@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 #: The regulation's floor (MIIT 2020-81 §4(2)): nothing is kept for less than this.
 MIN_RETENTION_DAYS = 30
@@ -383,6 +384,13 @@ class PolicingConfig(_Section):
         return self
 
 
+class AuditConfig(_Section):
+    # The installation key the audit log's numbers are keyed with (HMAC-SHA256). Outside the
+    # database on purpose. Default: beside a SQLite store (<store file>.audit.key), else
+    # audit.key beside the config file (see callwarden.audit.pseudonym.key_path).
+    key_file: str | None = None
+
+
 class Settings(_Section):
     """The whole configuration file."""
 
@@ -401,6 +409,14 @@ class Settings(_Section):
     asterisk: AsteriskConfig | None = None
     freeswitch: FreeswitchConfig | None = None
     policing: PolicingConfig = Field(default_factory=PolicingConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    #: The directory of the config file this came from (set by ``load_settings``); relative
+    #: defaults such as the audit key's are found there.
+    _config_dir: Path | None = PrivateAttr(default=None)
+
+    @property
+    def config_dir(self) -> Path | None:
+        return self._config_dir
 
     @field_validator("timezone")
     @classmethod

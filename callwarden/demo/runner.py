@@ -107,6 +107,8 @@ class Demo:
     # -- set up ------------------------------------------------------------------------------
 
     def prepare(self) -> None:
+        from callwarden.audit.pseudonym import ensure_store_key
+        from callwarden.config import parse_settings
         from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
         from callwarden.store.migrate import upgrade
         from callwarden.store.registry import Registry
@@ -129,6 +131,7 @@ class Demo:
         engine = make_engine(config["store"]["url"])
         try:
             upgrade(engine)
+            ensure_store_key(parse_settings(config), engine)
             with unit_of_work(make_sessionmaker(engine)) as session:
                 Registry(session, "demo").import_document(self.registry)
         finally:

@@ -88,7 +88,7 @@ def serve(config_path: str | None) -> int:
         return EXIT_CONFIG
     cwlog.configure(settings.logging.format, settings.logging.level)
     log = cwlog.get_logger("callwarden.esl")
-    problem = _schema_problem(settings.store.url)
+    problem = _schema_problem(settings.store.url) or _audit_key_problem(settings)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_START
@@ -154,6 +154,20 @@ def _schema_problem(url: str) -> str | None:
     if current != head:
         return (f"store schema is at {current or 'nothing'}, newest is {head}: "
                 "run `callwarden db upgrade` first")
+    return None
+
+
+def _audit_key_problem(settings) -> str | None:  # type: ignore[no-untyped-def]
+    from callwarden.audit.pseudonym import AuditKeyError, open_store_key
+    from callwarden.store.db import make_engine
+
+    engine = make_engine(settings.store.url)
+    try:
+        open_store_key(settings, engine)
+    except AuditKeyError as exc:
+        return str(exc)
+    finally:
+        engine.dispose()
     return None
 
 

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Engine, make_url, text
 
+from callwarden.audit.pseudonym import AuditKeyError, open_store_key
 from callwarden.config import ConfigError, Settings, load_settings
 from callwarden.config.load import resolve_path
 from callwarden.ops import probes
@@ -72,7 +73,7 @@ class Doctor:
             settings = load_settings(self.config_path)
         except ConfigError as exc:
             yield Result("config", "FAIL", f"{source}: " + "; ".join(exc.problems))
-            for name in ("store", "store schema", "recording area", "clock"):
+            for name in ("store", "store schema", "audit key", "recording area", "clock"):
                 yield Result(name, "SKIP", "needs a valid config")
             return
         yield Result("config", "PASS", f"{source} is valid (mode {settings.mode}, "
@@ -85,8 +86,11 @@ class Doctor:
         try:
             reachable = self._store(settings, engine)
             yield reachable
-            yield self._schema(engine) if reachable.status == "PASS" else Result(
+            schema = self._schema(engine) if reachable.status == "PASS" else Result(
                 "store schema", "SKIP", "the store is not reachable")
+            yield schema
+            yield self._audit_key(settings, engine) if schema.status == "PASS" else Result(
+                "audit key", "SKIP", "needs the store at the newest schema")
             yield from self._recording(settings)
             yield from self._pbx_links(settings)
             yield from self._ports(settings)
@@ -123,6 +127,16 @@ class Doctor:
             return Result("store schema", "FAIL", f"at {current or 'nothing'}, newest is {head}: "
                                                   "run `callwarden db upgrade`")
         return Result("store schema", "PASS", f"at the newest revision ({head})")
+
+    def _audit_key(self, settings: Settings, engine: Engine) -> Result:
+        try:
+            key = open_store_key(settings, engine)
+        except AuditKeyError as exc:
+            return Result("audit key", "FAIL", str(exc))
+        except Exception as exc:
+            return Result("audit key", "FAIL", f"cannot check it: {type(exc).__name__}")
+        return Result("audit key", "PASS", f"{key.path} matches the store "
+                                           f"(fingerprint {key.fingerprint[:12]}...)")
 
     # -- recordings ------------------------------------------------------------------------
 

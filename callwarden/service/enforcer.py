@@ -21,6 +21,7 @@ from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from callwarden.audit.pseudonym import open_store_key
 from callwarden.config import Settings
 from callwarden.log import get_logger
 from callwarden.numbers import Number, mask, mask_raw, try_normalize
@@ -153,6 +154,7 @@ class Enforcer:
             pool_size=settings.store.pool_size,
         )
         self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
+        self.audit_key = open_store_key(settings, self.engine, store_may_be_down=True)
         self.timeout_s = settings.decision_timeout_ms / 1000
         self.recording_dir = Path(settings.recording.dir)
         self.recordings = RecordingService(settings, self.sessions)  # storage/key built once

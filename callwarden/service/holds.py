@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, and_, exists, false, or_, select
+from sqlalchemy import ColumnElement, and_, exists, false, literal, or_, select
 from sqlalchemy.orm import Session
 
 from callwarden.store import audit
@@ -23,6 +23,7 @@ from callwarden.store.models import Call, LegalHold, Tenant, utcnow
 __all__ = [
     "SCOPES",
     "HoldError",
+    "covering_holds",
     "held",
     "lift_hold",
     "list_holds",
@@ -57,9 +58,8 @@ def normalize_prefix(raw: str) -> str:
     return text
 
 
-def held(call_id: ColumnElement[str] | None, tenant_id: ColumnElement[str | None] | None,
-         numbers: Sequence[ColumnElement[str | None]] = ()) -> ColumnElement[bool]:
-    """SQL: true when an active hold covers a row with these call id / tenant / number columns."""
+def _covers(call_id: ColumnElement[str] | None, tenant_id: ColumnElement[str | None] | None,
+            numbers: Sequence[ColumnElement[str | None]]) -> list[ColumnElement[bool]]:
     covers: list[ColumnElement[bool]] = []
     if call_id is not None:
         covers.append(and_(LegalHold.scope == "call", LegalHold.value == call_id))
@@ -67,9 +67,29 @@ def held(call_id: ColumnElement[str] | None, tenant_id: ColumnElement[str | None
         covers.append(and_(LegalHold.scope == "tenant", LegalHold.value == tenant_id))
     for column in numbers:
         covers.append(and_(LegalHold.scope == "number_prefix", column.startswith(LegalHold.value)))
+    return covers
+
+
+def held(call_id: ColumnElement[str] | None, tenant_id: ColumnElement[str | None] | None,
+         numbers: Sequence[ColumnElement[str | None]] = ()) -> ColumnElement[bool]:
+    """SQL: true when an active hold covers a row with these call id / tenant / number columns."""
+    covers = _covers(call_id, tenant_id, numbers)
     if not covers:
         return false()
     return exists().where(LegalHold.lifted_at.is_(None), or_(*covers))
+
+
+def covering_holds(session: Session, call_id: str | None, tenant_id: str | None,
+                   numbers: Sequence[str | None] = ()) -> list[LegalHold]:
+    """The active holds that cover a row with these values (the rule of :func:`held`), oldest
+    first: to say *why* something is kept."""
+    covers = _covers(None if call_id is None else literal(call_id),
+                     None if tenant_id is None else literal(tenant_id),
+                     [literal(n) for n in numbers if n])
+    if not covers:
+        return []
+    return list(session.scalars(select(LegalHold).where(LegalHold.lifted_at.is_(None), or_(*covers))
+                                .order_by(LegalHold.id)))
 
 
 def call_held(call_id: ColumnElement[str]) -> ColumnElement[bool]:

@@ -13,6 +13,11 @@ What is due (``now`` is the run's clock, never later than the real one):
 Nothing covered by an active legal hold (call, tenant, or number prefix) is due, nor a recording
 with ``legal_hold`` set. Each removal writes one audit entry, in the transaction that records it.
 
+A data subject's erasure (``subject=`` digits, ``callwarden subject erase``) runs the same purge
+over that number's rows only, with the regulation's floor (``MIN_RETENTION_DAYS`` after the
+call's or the consent's end) in place of the configured retention: what the floor or a hold
+still requires is kept, everything else goes now.
+
 Crash safety for recordings (the only removal outside the database): the row is first claimed
 ``stored -> purging`` (committed, hold and deadline re-checked in the same statement), then the
 file is deleted, then ``purging -> purged`` is committed with the audit entry. A run killed at
@@ -32,6 +37,7 @@ from sqlalchemy import Engine, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from callwarden.config import Settings
+from callwarden.config.model import MIN_RETENTION_DAYS
 from callwarden.log import get_logger
 from callwarden.recorder import LocationNotFound, RetentionLocked, StorageError
 from callwarden.service.holds import call_held, held
@@ -85,7 +91,7 @@ class Purger:
 
     def __init__(self, settings: Settings, engine: Engine, sessions: sessionmaker[Session],
                  target: LazyTarget, *, actor: str, now: dt.datetime | None = None,
-                 dry_run: bool = False, batch: int = 200) -> None:
+                 dry_run: bool = False, batch: int = 200, subject: str | None = None) -> None:
         real = utcnow()
         if now is not None and now > real:
             raise ValueError("the purge clock cannot be set in the future: nothing is removed "
@@ -93,10 +99,12 @@ class Purger:
         self.now = (now or real).astimezone(dt.UTC)
         self.settings, self.engine, self.sessions = settings, engine, sessions
         self.target, self.actor, self.dry_run, self.batch = target, actor, dry_run, batch
+        self.subject = subject  # canonical digits: only this number's rows, floor retention
         days = settings.retention
-        self.rec_cutoff = self.now - dt.timedelta(days=days.recordings_days)
-        self.cdr_cutoff = self.now - dt.timedelta(days=days.cdr_days)
-        self.consent_cutoff = self.now - dt.timedelta(days=days.consent_days)
+        floor = dt.timedelta(days=MIN_RETENTION_DAYS)
+        self.rec_cutoff = self.now - (floor if subject else dt.timedelta(days=days.recordings_days))
+        self.cdr_cutoff = self.now - (floor if subject else dt.timedelta(days=days.cdr_days))
+        self.consent_cutoff = self.now - (floor if subject else dt.timedelta(days=days.consent_days))
         self.report = PurgeReport(self.now, dry_run)
 
     def run(self) -> PurgeReport:
@@ -105,7 +113,8 @@ class Purger:
             self._preview()
             return self.report
         with exclusive(self.engine, "purge"):
-            self._finish_interrupted()
+            if self.subject is None:  # crash recovery is the scheduled purge's job
+                self._finish_interrupted()
             self._recordings()
             self._cdrs()
             self._consents()
@@ -113,11 +122,18 @@ class Purger:
 
     # -- what is due ----------------------------------------------------------------------------
 
+    def _subject_calls(self) -> list:  # type: ignore[type-arg]
+        return [or_(Call.caller == self.subject, Call.callee == self.subject)] if self.subject else []
+
     def _recording_due(self) -> list:  # type: ignore[type-arg]
         ended = select(Call.ended_at).where(Call.call_id == Recording.call_id).scalar_subquery()
+        if self.subject:  # the floor, not the stored deadline (configured retention)
+            mine = exists().where(Call.call_id == Recording.call_id, *self._subject_calls())
+            limit = [mine]
+        else:
+            limit = [Recording.retain_until < self.now]
         return [
-            Recording.status == "stored",
-            Recording.retain_until < self.now,
+            Recording.status == "stored", *limit,
             or_(ended < self.rec_cutoff, and_(ended.is_(None), Recording.finalized_at < self.rec_cutoff)),
         ]
 
@@ -132,7 +148,7 @@ class Purger:
         return [
             Call.attempted_at < self.cdr_cutoff,  # ended_at >= attempted_at: the index prefilter
             or_(Call.ended_at < self.cdr_cutoff, Call.ended_at.is_(None)),
-            ~live,
+            ~live, *self._subject_calls(),
         ]
 
     def _cdr_kept(self):  # type: ignore[no-untyped-def]
@@ -141,8 +157,9 @@ class Purger:
     def _consent_due(self, *, preview: bool = False) -> list:  # type: ignore[type-arg]
         going = [~and_(*self._cdr_due(preview=True), ~self._cdr_kept())] if preview else []
         cited = exists().where(Call.consent_id == Consent.id, *going)
+        mine = [Consent.callee == self.subject] if self.subject else []
         return [or_(Consent.revoked_at < self.consent_cutoff, Consent.expires_at < self.consent_cutoff),
-                ~cited]
+                ~cited, *mine]
 
     def _consent_kept(self):  # type: ignore[no-untyped-def]
         return held(None, Consent.tenant_id, [Consent.callee])

@@ -35,6 +35,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from callwarden.audit.pseudonym import has_clear_numbers
 from callwarden.config import Settings
 from callwarden.log import get_logger
 from callwarden.recorder import DecryptionError, LocationNotFound, hash_location
@@ -167,10 +168,21 @@ class Verifier:
     # -- the audit log ------------------------------------------------------------------------
 
     def _audit_chain(self) -> None:
+        clear: list[int] = []  # first seq, last seq, count
+
+        def numbers_in_clear(e: AuditEntry) -> None:
+            if has_clear_numbers(e.action, e.subject, e.details):
+                clear[:] = [clear[0] if clear else e.seq, e.seq, (clear[2] if clear else 0) + 1]
+
         with self.sessions() as s:
-            for p in audit.verify_chain(s):
+            for p in audit.verify_chain(s, inspect=numbers_in_clear):
                 self._add("audit_chain_broken", "error", f"audit:{p.seq}", p.problem)
             head = s.get(AuditHead, 1)
+        if clear:  # both forms verify; these are the entries from before numbers were keyed
+            self._add("audit_numbers_in_clear", "notice", f"audit:{clear[0]}..{clear[1]}",
+                      f"{clear[2]} audit entries hold phone numbers in clear (written before "
+                      "numbers were keyed, schema revision 0008); the chain cannot be edited, "
+                      "they stay as written (README: 'Personal data in the audit log')")
         self.report.audit_entries = head.seq if head else 0
         self.report.audit_head = head.hash if head else None
 

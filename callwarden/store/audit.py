@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, insert, select, update
 from sqlalchemy.orm import Session
 
+from callwarden.audit import pseudonym
 from callwarden.store.models import AuditEntry, AuditHead, utcnow
 
 GENESIS = "0" * 64
@@ -75,19 +77,26 @@ def lock_head(conn: Connection, *also: Any) -> Head:
 
 def extend(conn: Connection, head: Head, entries: list[NewEntry]) -> list[str]:
     """Add ``entries`` after ``head`` (locked by :func:`lock_head` in this transaction), in
-    one statement, and move the head; returns their hashes in order."""
+    one statement, and move the head; returns their hashes in order.
+
+    Phone numbers in ``subject``/``details`` are replaced by their keyed hash and masked form
+    (``callwarden.audit.pseudonym.protect``), with the key loaded for this store at start-up.
+    """
     if not entries:
         return []
     rows, hashes = [], []
     seq, prev = head.seq, head.hash
     now = utcnow()
+    key = pseudonym.bound_key(conn.engine)
     for e in entries:
         at = (e.at or now).astimezone(dt.UTC)
-        text = canonical(e.details or {})
+        # Numbers never go in clear: keyed hash + masked form (callwarden.audit.pseudonym).
+        subject, details = pseudonym.protect(key, e.action, e.subject, e.details or {})
+        text = canonical(details)
         seq += 1
-        h = entry_hash(prev, seq, at, e.actor, e.action, e.subject, text)
+        h = entry_hash(prev, seq, at, e.actor, e.action, subject, text)
         rows.append({"seq": seq, "at": at, "actor": e.actor, "action": e.action,
-                     "subject": e.subject, "details": text, "prev_hash": prev, "hash": h})
+                     "subject": subject, "details": text, "prev_hash": prev, "hash": h})
         hashes.append(h)
         prev = h
     conn.execute(_INSERT_ENTRY, rows)
@@ -108,8 +117,10 @@ class ChainProblem:
     problem: str
 
 
-def verify_chain(session: Session, batch: int = 5000) -> list[ChainProblem]:
-    """Walk the whole chain; report every altered, missing or re-linked entry."""
+def verify_chain(session: Session, batch: int = 5000,
+                 inspect: Callable[[AuditEntry], None] | None = None) -> list[ChainProblem]:
+    """Walk the whole chain; report every altered, missing or re-linked entry. ``inspect``
+    sees every entry on the way (one walk for other checks of the entries)."""
     problems: list[ChainProblem] = []
     prev_hash, expected_seq, last = GENESIS, 1, 0
     stmt = select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=batch)
@@ -120,6 +131,8 @@ def verify_chain(session: Session, batch: int = 5000) -> list[ChainProblem]:
             problems.append(ChainProblem(e.seq, "prev_hash does not link to the previous entry"))
         if entry_hash(e.prev_hash, e.seq, e.at, e.actor, e.action, e.subject, e.details) != e.hash:
             problems.append(ChainProblem(e.seq, "content does not match its hash (entry altered)"))
+        if inspect is not None:
+            inspect(e)
         prev_hash, expected_seq, last = e.hash, e.seq + 1, e.seq
     head = session.get(AuditHead, 1)
     if head is not None and (head.seq != last or head.hash != prev_hash):

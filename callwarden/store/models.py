@@ -279,6 +279,16 @@ class RegistryVersion(Base):
     version: Mapped[int] = mapped_column(BigInteger)
 
 
+class AuditKeyFingerprint(Base):
+    """One row: HMAC of a fixed label under the installation's audit key (never the key)."""
+
+    __tablename__ = "audit_key"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class LegalHold(Base):
     """Keeps recordings past their deadline: one call, a whole tenant, or a number range."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from callwarden.audit.pseudonym import number_digest
 from callwarden.store.models import Refusal
 from tests.agi.harness import CALLER, TENANT, free_port, rig, run
 
@@ -24,7 +25,10 @@ def test_optout_stores_a_refusal_that_later_calls_obey(make_settings, seeded_url
             with r.enforcer.sessions() as s:
                 rows = s.scalars(select(Refusal).where(Refusal.callee == CALLEE)).all()
             assert [(x.tenant_id, x.source) for x in rows] == [(TENANT, "asterisk-ivr")]
-            assert r.audit_actions(CALLEE) == ["refusal_added", "refusal_added"]
+            # the subject is the number keyed with the audit key, never the number (issue 13)
+            keyed = "h:" + number_digest(r.enforcer.audit_key, CALLEE)
+            assert r.audit_actions(keyed) == ["refusal_added", "refusal_added"]
+            assert r.audit_actions(CALLEE) == []
             after = await r.agi_call(args=(CALLEE,)).run(timeout=10)
             assert "CALLEE_REFUSED" in after.variables["CALLWARDEN_REASONS"].split(",")
 

@@ -1,4 +1,4 @@
-"""The pure parts, checked against the real Asterisk 22 captures in shared/traces/asterisk."""
+"""The pure parts, checked against the real Asterisk 22 captures in tests/sim/captures/asterisk."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ESL wire format against FreeSWITCH 1.10.12's own bytes (shared/traces/freeswitch/), read
+"""The ESL wire format against FreeSWITCH 1.10.12's own bytes (tests/sim/captures/freeswitch/), read
 by read as captured, byte by byte and all at once; then malformed input; then the commands we
 send, which must be byte-identical to what the captured client sent."""
 

@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from callwarden.store.db import make_engine
-from callwarden.store.migrate import upgrade
 from tests.conftest import EXAMPLE_REGISTRY, ROOT, seed
+from tests.conftest import migrate as migrate_store
 from tests.esl.conftest import CONSENTED, profile, wait_until
 from tests.sim.freeswitch import FreeSwitch, FsCall, FsEventSocketServer
 
@@ -62,7 +61,7 @@ class Adapter:
                  outbound_port: int | None = None, **config: Any):
         self.url = f"sqlite:///{tmp / 'callwarden.db'}"
         if migrate:
-            upgrade(make_engine(self.url))
+            migrate_store(self.url)
             seed(self.url, timeless_registry())
         self.switch = FreeSwitch()
         self.fs = FsEventSocketServer(self.switch).start()
@@ -184,6 +183,9 @@ def test_start_problems_exit_1(adapters) -> None:
         busy = adapters(ESL, outbound_port=taken.getsockname()[1])
         assert busy.exit_code() == 1
     assert "freeswitch.esl_outbound: cannot listen" in busy.log.read_text()
+    keyless = adapters(ESL, audit={"key_file": "/nonexistent/audit.key"})
+    assert keyless.exit_code() == 1
+    assert "audit key file /nonexistent/audit.key is missing" in keyless.log.read_text()
 
 
 @pytest.mark.parametrize(("code", "expected"), [

@@ -1,4 +1,4 @@
-"""Read the byte-exact FreeSWITCH captures in shared/traces/freeswitch/ (format: README there)."""
+"""Read the byte-exact FreeSWITCH captures in tests/sim/captures/freeswitch/ (format: README there)."""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def with_(config: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 def test_a_healthy_installation_passes_every_check(tmp_path, healthy, esl) -> None:
     code, checks = run_doctor(tmp_path, healthy)
     assert code == 0, checks
-    assert list(checks) == ["config", "store", "store schema", "recording area", "asterisk AMI",
+    assert list(checks) == ["config", "store", "store schema", "audit key", "recording area", "asterisk AMI",
                             "freeswitch ESL", "FastAGI port", "ESL outbound port", "metrics port",
                             "clock"]
     assert all(r["status"] == "PASS" for r in checks.values()), checks
@@ -97,7 +97,7 @@ def test_the_human_output_is_a_pass_fail_list(tmp_path, healthy) -> None:
     assert result.exit_code == 1
     assert lines[0] == "callwarden doctor"
     assert any(line.lstrip().startswith("FAIL  asterisk AMI") for line in lines)
-    assert lines[-1] == "9 passed, 1 failed, 0 skipped"
+    assert lines[-1] == "10 passed, 1 failed, 0 skipped"
 
 
 def test_invalid_config_fails_and_skips_what_needs_it(tmp_path, healthy) -> None:
@@ -105,7 +105,8 @@ def test_invalid_config_fails_and_skips_what_needs_it(tmp_path, healthy) -> None
     assert code == 1
     assert checks["config"]["status"] == "FAIL"
     assert "retention.recordings_days" in checks["config"]["detail"]
-    assert {checks[n]["status"] for n in ("store", "store schema", "recording area", "clock")} == {"SKIP"}
+    assert {checks[n]["status"] for n in ("store", "store schema", "audit key", "recording area",
+                                          "clock")} == {"SKIP"}
     code, checks = run_doctor(tmp_path, with_(healthy, "timezone", "Mars/Olympus_Mons"))
     assert code == 1 and "timezone" in checks["config"]["detail"]
     code, checks = run_doctor(tmp_path, "store: [unclosed\n")
@@ -122,6 +123,16 @@ def test_unreachable_store_fails(tmp_path, healthy) -> None:
     code, checks = run_doctor(tmp_path, with_(healthy, "store.url", f"sqlite:///{missing}"))
     assert code == 1 and "does not exist" in checks["store"]["detail"]
     assert not missing.exists(), "doctor must not create an empty database"
+
+
+def test_a_missing_or_wrong_audit_key_fails(tmp_path, healthy) -> None:
+    key = tmp_path / "elsewhere.key"
+    code, checks = run_doctor(tmp_path, with_(healthy, "audit", {"key_file": str(key)}))
+    failure = only_failure(checks)
+    assert code == 1 and failure["check"] == "audit key" and "is missing" in failure["detail"]
+    key.write_text("cd" * 32)
+    code, checks = run_doctor(tmp_path, with_(healthy, "audit", {"key_file": str(key)}))
+    assert only_failure(checks)["detail"].startswith(f"audit key file {key} does not match")
 
 
 def test_schema_behind_head_fails(tmp_path, healthy) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+from callwarden.audit.pseudonym import KEY_ENV
 from tests.conftest import seed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,5 +76,6 @@ def test_finalize_waits_in_native_threads_without_blocking_the_hub(sqlite_url, t
     seed(sqlite_url)
     p = subprocess.run([sys.executable, "-c", SCRIPT, sqlite_url, str(tmp_path / "rec")],
                        cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                            KEY_ENV: os.environ[KEY_ENV]})  # the store's audit key
     assert p.returncode == 0 and p.stdout.strip().endswith("OK"), p.stdout + p.stderr

@@ -1,6 +1,6 @@
 """Asyncio simulator of Asterisk 22.10 for callwarden's tests, over real TCP on 127.0.0.1.
 
-It is byte-faithful to the captures in ``shared/traces/asterisk/`` (see that README):
+It is byte-faithful to the captures in ``tests/sim/captures/asterisk/`` (see that README):
 
 * :class:`AgiCall` is what Asterisk's ``AGI(agi://host:port/script?query,args)`` does: it
   connects to a FastAGI server, sends the ``agi_*`` environment block (in two TCP writes, split

@@ -1,6 +1,6 @@
 """A byte-faithful FreeSWITCH 1.10 simulator for callwarden's tests.
 
-It speaks the event socket exactly as the captures in ``shared/traces/freeswitch/`` show
+It speaks the event socket exactly as the captures in ``tests/sim/captures/freeswitch/`` show
 (FreeSWITCH 1.10.12): the outbound side (:class:`FsCall`, FreeSWITCH's ``socket`` application
 dialling into our outbound ESL server) and the inbound side (:class:`FsEventSocketServer`, the
 ``mod_event_socket`` listener on :8021 that our event listener connects to). Both share one

@@ -1,4 +1,4 @@
-"""Fidelity tests: the Asterisk simulator against the real captures in shared/traces/asterisk.
+"""Fidelity tests: the Asterisk simulator against the real captures in tests/sim/captures/asterisk.
 
 The server side of each capture (what our FastAGI server / AMI client sent) is replayed against
 the simulator over real TCP, and what the simulator answers must equal, byte for byte, what the
@@ -33,10 +33,8 @@ from .asterisk import (
     parse_agi_args,
 )
 
-TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces" / "asterisk"
+TRACES = Path(__file__).resolve().parent / "captures" / "asterisk"
 FAST = AgiTiming(env_split_pause=0.002, usage_pause=0.005, answer_delay=0.0, wait_scale=0.01)
-
-pytestmark = pytest.mark.skipif(not TRACES.is_dir(), reason="shared/traces not present")
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:

@@ -1,6 +1,6 @@
 """Fidelity tests for tests/sim/freeswitch.py.
 
-The core of it: replay what the client sent in each capture of ``shared/traces/freeswitch/``
+The core of it: replay what the client sent in each capture of ``tests/sim/captures/freeswitch/``
 against the simulator (parameterised with the captured UUIDs, timestamps and sequence numbers)
 and require the very bytes FreeSWITCH 1.10.12 sent, write for write. Then the behaviours no
 capture shows (modelled from FreeSWITCH's sources), and greenswitch 0.0.19 on both sides.
@@ -41,7 +41,7 @@ from tests.sim.freeswitch import (
     url_encode,
 )
 
-TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
+TRACES = Path(__file__).resolve().parent / "captures"
 FS_TRACES = TRACES / "freeswitch"
 _BLOCK = re.compile(rb"\n===== (>>> SENT|<<< RECV|### NOTE|### SUMMARY) t=\+[0-9.]+s "
                     rb"wall=\S+ bytes=(\d+) =====\n")
