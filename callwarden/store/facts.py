@@ -2,9 +2,9 @@
 
 The registry comes from the process's in-memory snapshot (``store.snapshot``). What is large and
 changes with every call stays live: consents, refusals and the callee's call history (frequency
-counts and the inbound-callback window). Those are read for all the attempts of a batch in
-three indexed statements, built once at import, whatever the batch size. A decision that
-waits in the same batch as an earlier one to the same callee sees that one too
+counts and the inbound-callback window). Those are read for all the attempts of a batch in one
+statement of three indexed parts, built once at import, whatever the batch size. A decision
+that waits in the same batch as an earlier one to the same callee sees that one too
 (:class:`BatchFacts`), so two simultaneous calls cannot both pass a limit of 1.
 """
 
@@ -14,7 +14,7 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, String, bindparam, literal, null, select, union_all
 
 from callwarden.policy import CallAttempt, ConsentFacts, Facts, Rules
 from callwarden.store.models import Call, Consent, Refusal
@@ -27,24 +27,31 @@ GLOBAL = "*"
 # combination of the batch, and rows of combinations no attempt asked for are dropped here.
 _TENANTS = bindparam("tenants", expanding=True)
 _CALLEES = bindparam("callees", expanding=True)
-
-_CONSENTS = select(
-    Consent.tenant_id, Consent.callee, Consent.id, Consent.scopes, Consent.obtained_at,
-    Consent.expires_at, Consent.revoked_at,
-).where(Consent.tenant_id.in_(_TENANTS), Consent.callee.in_(_CALLEES)).order_by(Consent.id)
+_R_TENANTS = bindparam("r_tenants", expanding=True)  # the batch's tenants and GLOBAL
+_R_CALLEES = bindparam("r_callees", expanding=True)  # every callee, with a tenant or not
 
 _REFUSALS = select(Refusal.tenant_id, Refusal.callee).where(
-    Refusal.tenant_id.in_(_TENANTS), Refusal.callee.in_(_CALLEES))
+    Refusal.tenant_id.in_(_R_TENANTS), Refusal.callee.in_(_R_CALLEES))
 
-# (tenant, party, direction) lead ix_calls_party, so each combination is one index range on
-# the time. Only rows that count: inbound calls (callback window), allowed outbound calls
-# (limits).
-_HISTORY = select(Call.tenant_id, Call.party, Call.direction, Call.attempted_at).where(
-    Call.tenant_id.in_(_TENANTS), Call.party.in_(_CALLEES),
-    Call.direction.in_(["inbound", "outbound"]),
-    Call.attempted_at >= bindparam("since"), Call.attempted_at <= bindparam("until"),
-    (Call.direction == "inbound") | (Call.decision == "allow"),
-).with_hint(Call, "INDEXED BY ix_calls_party", "sqlite")
+# Consents, refusals and call history in one round trip: rows tagged by kind, columns aligned
+# (kind, tenant, number, consent id, scopes, time, expires, revoked); the first SELECT's column
+# types apply to all. For the history, (tenant, party, direction) lead ix_calls_party, so each
+# combination is one index range on the time; only rows that count come back: inbound calls
+# (callback window) and allowed outbound calls (limits).
+_LIVE = union_all(
+    select(literal("c", String).label("kind"), Consent.tenant_id, Consent.callee, Consent.id,
+           Consent.scopes, Consent.obtained_at, Consent.expires_at, Consent.revoked_at)
+    .where(Consent.tenant_id.in_(_TENANTS), Consent.callee.in_(_CALLEES)),
+    select(literal("r", String), Refusal.tenant_id, Refusal.callee, null(), null(), null(), null(),
+           null())
+    .where(Refusal.tenant_id.in_(_R_TENANTS), Refusal.callee.in_(_R_CALLEES)),
+    select(Call.direction, Call.tenant_id, Call.party, null(), null(), Call.attempted_at, null(),
+           null())
+    .where(Call.tenant_id.in_(_TENANTS), Call.party.in_(_CALLEES),
+           Call.direction.in_(["inbound", "outbound"]),
+           Call.attempted_at >= bindparam("since"), Call.attempted_at <= bindparam("until"),
+           (Call.direction == "inbound") | (Call.decision == "allow")),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,25 +91,28 @@ class BatchFacts:
         if not callees:
             return
         tenants = sorted({t for t, _ in pairs})
-        if pairs:
-            wanted = {"tenants": tenants, "callees": sorted({c for _, c in pairs})}
-            for tid, callee, cid, scopes, obtained, expires, revoked in conn.execute(
-                    _CONSENTS, wanted):
-                if (tid, callee) not in pairs:
-                    continue
-                self._parties[(tid, callee)].consents.append(ConsentFacts(
-                    cid, frozenset(scopes.split(",")), obtained, expires, revoked is not None))
-            windows = [Window.of(a, rules) for a in attempts]
-            since = min(min(w.since_inbound, w.since_week) for w in windows)
-            until = max(w.at for w in windows)
-            for tid, party, direction, at in conn.execute(
-                    _HISTORY, {**wanted, "since": since, "until": until}):
-                if (tid, party) not in pairs:
-                    continue
-                p = self._parties[(tid, party)]
-                (p.inbound if direction == "inbound" else p.allowed).append(_aware(at))
-        self._refused = {(t, c) for t, c in conn.execute(
-            _REFUSALS, {"tenants": [*tenants, GLOBAL], "callees": sorted(callees)})}
+        refusals = {"r_tenants": [*tenants, GLOBAL], "r_callees": sorted(callees)}
+        if not pairs:  # no tenant: only the global do-not-call list applies
+            self._refused = {(t, c) for t, c in conn.execute(_REFUSALS, refusals)}
+            return
+        windows = [Window.of(a, rules) for a in attempts]
+        params = {"tenants": tenants, "callees": sorted({c for _, c in pairs}), **refusals,
+                  "since": min(min(w.since_inbound, w.since_week) for w in windows),
+                  "until": max(w.at for w in windows)}
+        consents = []
+        for kind, tid, number, cid, scopes, at, expires, revoked in conn.execute(_LIVE, params):
+            if kind == "r":
+                self._refused.add((tid, number))
+            elif (tid, number) not in pairs:  # a tenant x callee combination nobody asked for
+                continue
+            elif kind == "c":
+                consents.append((cid, tid, number, scopes, at, expires, revoked))
+            else:
+                p = self._parties[(tid, number)]
+                (p.inbound if kind == "inbound" else p.allowed).append(_aware(at))
+        for cid, tid, number, scopes, obtained, expires, revoked in sorted(consents):
+            self._parties[(tid, number)].consents.append(ConsentFacts(
+                cid, frozenset(scopes.split(",")), obtained, expires, revoked is not None))
 
     def facts(self, attempt: CallAttempt, registry: RegistrySnapshot) -> Facts:
         """All facts for ``attempt`` (absent inputs simply match nothing)."""
