@@ -45,9 +45,12 @@ if TYPE_CHECKING:
 log = get_logger("callwarden.decision")
 
 _INSERT_CALL = insert(Call)
-_INSERT_RECORDINGS = insert(Recording).returning(Recording.id, sort_by_parameter_order=True)
-_LINK_RECORDING = (update(Call).where(Call.call_id == bindparam("cid"))
-                   .values(recording_id=bindparam("rid")))
+_INSERT_RECORDINGS = insert(Recording)
+# One statement links every new recording of the batch to its call (round trips are what a
+# PostgreSQL batch pays for, more than rows).
+_LINK_RECORDINGS = (update(Call).where(Call.call_id.in_(bindparam("cids", expanding=True)))
+                    .values(recording_id=select(Recording.id)
+                            .where(Recording.call_id == Call.call_id).scalar_subquery()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,9 +342,8 @@ class Enforcer:
             if calls:
                 conn.execute(_INSERT_CALL, calls)
             if recordings:
-                ids = conn.execute(_INSERT_RECORDINGS, recordings).scalars().all()
-                conn.execute(_LINK_RECORDING, [{"cid": r["call_id"], "rid": rid}
-                                               for r, rid in zip(recordings, ids, strict=True)])
+                conn.execute(_INSERT_RECORDINGS, recordings)
+                conn.execute(_LINK_RECORDINGS, {"cids": [r["call_id"] for r in recordings]})
             audit.extend(conn, head, entries)
         return results
 
