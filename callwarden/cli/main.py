@@ -20,6 +20,8 @@ from callwarden.cli import (
     report_cmd,
     retention_cmd,
     serve,
+    users_cmd,
+    web_cmd,
 )
 from callwarden.cli.app import App
 
@@ -38,7 +40,7 @@ def cli(ctx: click.Context, config_path: str | None, actor: str) -> None:
 
 
 for module in (db, registry_cmd, admin, check, audit_cmd, report_cmd, serve, policing_cmd,
-               retention_cmd, ops_cmd):
+               retention_cmd, ops_cmd, users_cmd, web_cmd):
     module.register(cli)
 
 
