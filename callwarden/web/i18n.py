@@ -110,6 +110,8 @@ _TEXT: dict[str, tuple[str, str]] = {
     "role": ("角色", "Role"),
     "language": ("English", "中文"),
     "as_of": ("截至", "As of"),
+    "bad_time": ("时间格式应为 ISO-8601,例如 2026-03-05T22:00", "Time must be ISO-8601, e.g. 2026-03-05T22:00"),
+    "score_rule": ("风险分 = 各指标 权重 × 程度 之和", "score = sum of weight × level per figure"),
     "none": ("无", "none"),
 }
 

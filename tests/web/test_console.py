@@ -319,6 +319,9 @@ def test_risk_dashboard_and_suspend_resume(cw, as_user):
     admin = as_user("root")
     r = admin.get("/risk")
     assert 'id="risk-acme"' in r.text and 'id="risk-beta"' in r.text and "risk_suspend" in r.text
+    assert admin.get("/risk?at=yesterday").status_code == 400
+    r = admin.get("/risk?at=2026-03-02T12:30")
+    assert r.status_code == 200 and "2026-03-02 12:30:00" in r.text
     token = csrf_of(admin, "/risk")
     r = admin.post("/risk/acme/status", data={"csrf_token": token, "action": "suspend", "reason": " "})
     assert r.status_code == 400

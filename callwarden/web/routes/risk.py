@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from callwarden.policing.complaints import parse_time
 from callwarden.policing.runner import Detector
 from callwarden.store.models import Alert, Tenant
 from callwarden.store.registry import Registry, RegistryError
@@ -29,7 +30,12 @@ def dashboard(request: Request, message: str | None = None, error: str | None = 
               ) -> Response:
     c, acct = console(request), account(request)
     only = acct.scope().tenant
-    a = _detector(request).assess(None, None if only is None else [only])
+    at_text = request.query_params.get("at", "").strip()
+    try:  # as of another instant, like `tenants risk --now`
+        as_of = parse_time(at_text, c.settings.tz) if at_text else None
+    except ValueError:
+        as_of, error, status = None, "bad_time", 400
+    a = _detector(request).assess(as_of, None if only is None else [only])
     risks = sorted(a.risks, key=lambda r: (-r.score, r.tenant_id))
     with c.sessions() as s:
         q = select(Alert).order_by(Alert.raised_at.desc()).limit(100)
@@ -40,7 +46,8 @@ def dashboard(request: Request, message: str | None = None, error: str | None = 
         tenants = list(s.scalars(tq))
     findings = [f for f in a.findings if only is None or f.tenant_id == only]
     return render(request, "risk.html", status=status, risks=risks, alerts=alerts, tenants=tenants,
-                  findings=findings, as_of=a.as_of, cfg=c.settings.policing, message=message, error=error)
+                  findings=findings, as_of=a.as_of, at=at_text, cfg=c.settings.policing, message=message,
+                  error=error)
 
 
 def risk_page(request: Request) -> Response:
