@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import httpx
@@ -42,7 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_audit import CST, PG, START, load  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-import warnings  # noqa: E402
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx in its TestClient
