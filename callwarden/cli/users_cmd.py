@@ -7,9 +7,11 @@ generated (``--generate``) and printed once. Every change is audit-logged with `
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import click
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from callwarden.cli.app import App, pass_app
 from callwarden.cli.output import emit
@@ -35,9 +37,14 @@ def _password(stdin: bool, generate: bool) -> tuple[str, bool]:
     return click.prompt("password", hide_input=True, confirmation_prompt=True), False
 
 
-def _fail(exc: UserError) -> None:
-    click.echo(f"error: {exc} (nothing was changed)", err=True)
-    raise SystemExit(1)
+def _change(app: App, fn: Callable[[Session], object]) -> None:
+    """One change in one unit of work; a UserError exits 1 with nothing changed."""
+    try:
+        with app.session() as s:
+            fn(s)
+    except UserError as exc:
+        click.echo(f"error: {exc} (nothing was changed)", err=True)
+        raise SystemExit(1) from None
 
 
 password_opts = [
@@ -73,11 +80,7 @@ def users_add(app: App, username: str, role: str, tenant: str | None, if_missing
                 click.echo(f"user {username} exists already (its password is not shown again)")
                 return
     password, show = _password(stdin, generate)
-    try:
-        with app.session() as s:
-            add_user(s, app.actor, username, role, password, tenant)
-    except UserError as exc:
-        _fail(exc)
+    _change(app, lambda s: add_user(s, app.actor, username, role, password, tenant))
     click.echo(f"user {username} created, role {role}" + (f", tenant {tenant}" if tenant else ""))
     if show:
         click.echo(f"password: {password}   (shown once; change it with `callwarden users passwd {username}`)")
@@ -88,11 +91,7 @@ def _toggle(name: str, disabled: bool, doc: str) -> click.Command:
     @click.argument("username")
     @pass_app
     def cmd(app: App, username: str) -> None:
-        try:
-            with app.session() as s:
-                set_disabled(s, app.actor, username, disabled)
-        except UserError as exc:
-            _fail(exc)
+        _change(app, lambda s: set_disabled(s, app.actor, username, disabled))
         click.echo(f"user {username} {'disabled' if disabled else 'enabled'}")
 
     return cmd
@@ -109,11 +108,7 @@ _toggle("enable", False, "Enable a disabled account again.")
 def users_passwd(app: App, username: str, stdin: bool, generate: bool) -> None:
     """Set an account's password."""
     password, show = _password(stdin, generate)
-    try:
-        with app.session() as s:
-            set_password(s, app.actor, username, password)
-    except UserError as exc:
-        _fail(exc)
+    _change(app, lambda s: set_password(s, app.actor, username, password))
     click.echo(f"password of {username} changed")
     if show:
         click.echo(f"password: {password}   (shown once)")

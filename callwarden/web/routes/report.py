@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from callwarden.audit.access import AccessDenied
 from callwarden.audit.filters import FilterError, parse_time
-from callwarden.audit.report import UnknownTenant, compute_report
+from callwarden.audit.report import UnknownTenant, compute_report, report_rules
 from callwarden.audit.report_render import FORMATS
 from callwarden.audit.report_render import render as render_report
 from callwarden.audit.snapshot import snapshot
@@ -49,12 +49,8 @@ def report_view(request: Request) -> Response:
         start, end = parse_time(p.get("from"), tz, "from"), parse_time(p.get("to"), tz, "to", upper=True)
         if start is None or end is None or start >= end:
             raise FilterError("from must be before to")
-        s_ = c.settings
-        rules = {"calling window 呼叫时段": str(s_.calling_hours.window),
-                 "per day 每日上限": s_.frequency.per_day, "per week 每周上限": s_.frequency.per_week,
-                 "mode 模式": s_.mode}
         with snapshot(c.engine) as s:
-            data = compute_report(s, tenant, start, end, tz, scope, rules)
+            data = compute_report(s, tenant, start, end, tz, scope, report_rules(c.settings))
     except FilterError as exc:
         return render(request, "error.html", status=400, status_code=400, message_key=str(exc))
     except (AccessDenied, UnknownTenant):
