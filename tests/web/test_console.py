@@ -255,6 +255,9 @@ def test_recording_range_requests(cw, as_user, label):
     new = entries(w.url, "audit.recording")[plays:]
     assert len(new) == 2 and {e.actor for e in new} == {"inspector"}
     assert all(e.subject == w.calls[label] for e in new)
+    r = c.head(url)
+    assert r.status_code == 200 and r.headers["content-length"] == str(len(plain)) and not r.content
+    assert len(entries(w.url, "audit.recording")) == plays + 2  # a HEAD plays nothing
     r = c.get(url + "?download=1")
     assert r.content == plain and "attachment" in r.headers["content-disposition"]
     assert json.loads(entries(w.url, "audit.recording")[-1].details)["mode"] == "download"
@@ -363,3 +366,28 @@ def test_registry_edit_is_validated_like_import(cw, as_user):
     t2 = csrf_of(auditor, "/registry")
     assert auditor.post("/registry", data={"csrf_token": t2, "document": good}).status_code == 403
     assert 'id="registry-form"' not in auditor.get("/registry").text
+
+
+def test_every_route_with_a_call_id_hides_other_tenants_calls(cw, as_user):
+    """Enumerates the app's routes, so a route added later is covered too."""
+    c = as_user("beta-aud")
+    call_routes = [r.path for r in c.app.routes if isinstance(r, Route) and "{call_id}" in r.path]
+    assert set(call_routes) >= {"/calls/{call_id}", "/calls/{call_id}/recording"}
+    for path in call_routes:
+        for label in ("a1", "a2", "a5", "o1"):  # acme's: plain and encrypted recording, a denial, observe
+            assert c.get(path.replace("{call_id}", cw.world.calls[label])).status_code == 404, (path, label)
+        assert c.get(path.replace("{call_id}", cw.world.calls["b1"])).status_code in (200, 404)
+    assert c.get(f"/calls/{cw.world.calls['b1']}").status_code == 200  # its own call is shown
+
+
+def test_abandoned_export_stops_without_a_receipt():
+    from callwarden.web.routes.evidence import Aborted, PipeWriter
+
+    pipe = PipeWriter(depth=1)
+    pipe.write(b"x" * (1 << 20))  # fills the queue
+    pipe.closed_by_reader.set()  # the browser went away
+    with pytest.raises(Aborted):
+        pipe.write(b"more")
+    with pytest.raises(Aborted):
+        pipe._buf += b"y"
+        pipe.flush()  # queue full and no reader: gives up instead of waiting for ever

@@ -108,6 +108,16 @@ def recording(request: Request) -> Response:
     except Unsatisfiable:
         return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
     first, last = rng if rng else (0, size - 1)
+    suffix = PurePosixPath(rec.location.split(":", 1)[-1]).suffix.lower()
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(last - first + 1), "Cache-Control": "no-store",
+               "X-Content-Type-Options": "nosniff"}
+    if rng:
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    if download:
+        headers["Content-Disposition"] = f'attachment; filename="{call_id}{suffix or ".wav"}"'
+    media_type = _TYPES.get(suffix, "application/octet-stream")
+    if request.method == "HEAD":  # a player asking for the size: no audio sent, so no playback
+        return Response(status_code=206 if rng else 200, headers=headers, media_type=media_type)
     try:
         src = open_at(c.storage, rec.location, c.keyring, first)
     except (LocationNotFound, FileNotFoundError):
@@ -120,15 +130,8 @@ def recording(request: Request) -> Response:
         c.audit(acct, "audit.recording", call_id, {"tenant": row["tenant"], "sha256": rec.sha256,
                                                    "mode": "download" if download else "play",
                                                    "range": request.headers.get("range")})
-    suffix = PurePosixPath(rec.location.split(":", 1)[-1]).suffix.lower()
-    headers = {"Accept-Ranges": "bytes", "Content-Length": str(last - first + 1), "Cache-Control": "no-store",
-               "X-Content-Type-Options": "nosniff"}
-    if rng:
-        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-    if download:
-        headers["Content-Disposition"] = f'attachment; filename="{call_id}{suffix or ".wav"}"'
     return StreamingResponse(_body(src, last - first + 1), status_code=206 if rng else 200, headers=headers,
-                             media_type=_TYPES.get(suffix, "application/octet-stream"))
+                             media_type=media_type)
 
 
 routes = [Route("/calls/{call_id}/recording", page(recording), methods=["GET"])]
