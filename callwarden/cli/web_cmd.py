@@ -4,9 +4,11 @@ config has a ``web:`` section)."""
 from __future__ import annotations
 
 import click
+from sqlalchemy import func, select
 
 from callwarden.cli.app import App, pass_app
 from callwarden.cli.serve import _schema_ready
+from callwarden.store.models import User
 
 
 @click.command("web")
@@ -23,7 +25,11 @@ def web_cmd(app: App, host: str | None, port: int | None) -> None:
     web = settings.web or WebConfig()
     over = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = settings.model_copy(update={"web": web.model_copy(update=over)})
-    click.echo(f"web console on {address(settings)}  (accounts: callwarden users add)", err=True)
+    click.echo(f"web console on {address(settings)}", err=True)
+    with app.reader() as s:
+        if s.scalar(select(func.count()).select_from(User)) == 0:
+            click.echo("no accounts yet: create one with `callwarden users add NAME --role admin --generate`",
+                       err=True)
     run(settings)
 
 

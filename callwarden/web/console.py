@@ -38,6 +38,17 @@ def load_secret(path: str | os.PathLike[str]) -> bytes:
     return text.encode()
 
 
+def cell(value: Any) -> str:
+    """A registry value as table text: lists joined, mappings as key=value, no 'None'."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ", ".join(cell(v) for v in value)
+    if isinstance(value, dict):
+        return " ".join(f"{k}={cell(v)}" for k, v in value.items() if v is not None)
+    return str(value)
+
+
 @dataclass
 class Console:
     settings: Settings
@@ -64,6 +75,7 @@ class Console:
                                      lstrip_blocks=True)
         self.templates.filters["mask"] = mask
         self.templates.filters["local"] = self.local_time
+        self.templates.filters["cell"] = cell
         self.limiter = LoginLimiter(self.web.login_attempts, self.web.login_window_s)
 
     @classmethod
