@@ -1,8 +1,8 @@
 """End to end in a real browser: Debian's chromium, headless, driven by Playwright, against a
 console started by the test as its own process (``callwarden web``) on localhost.
 
-Screenshots of every page go to tests/web/output/ (or $CALLWARDEN_TEST_OUTPUT); they are test
-output, ignored by git.
+Runs on SQLite and PostgreSQL. Screenshots of every page go to tests/web/output/<backend>/
+(or $CALLWARDEN_TEST_OUTPUT/<backend>/); they are test output, ignored by git.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import yaml
 
 from callwarden.audit.verify_bundle import verify_bundle
 from tests.audit.world import build_world
-from tests.conftest import ROOT, seed
+from tests.conftest import ROOT
 from tests.web.conftest import PASSWORDS, add_accounts, web_config
 
 CHROMIUM = "/usr/bin/chromium"
@@ -39,15 +39,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def console(sqlite_url, make_settings, tmp_path) -> Iterator[dict]:
-    """A populated store and ``callwarden web`` serving it on a free loopback port."""
+def console(seeded_url, make_settings, tmp_path) -> Iterator[dict]:
+    """A populated store (SQLite, PostgreSQL) and ``callwarden web`` serving it on a free
+    loopback port."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} missing (CI installs it: apt-get install -y chromium)")
         pytest.skip(f"{CHROMIUM} missing (apt-get install -y chromium)")
-    seed(sqlite_url)
-    world = build_world(sqlite_url, make_settings, tmp_path)
-    add_accounts(sqlite_url)
+    world = build_world(seeded_url, make_settings, tmp_path)
+    add_accounts(seeded_url)
     port = _free_port()
     cfg = tmp_path / "callwarden.yaml"
     cfg.write_text(yaml.safe_dump(web_config(world, tmp_path, port)), encoding="utf-8")
@@ -68,7 +68,8 @@ def console(sqlite_url, make_settings, tmp_path) -> Iterator[dict]:
             pytest.fail("console did not start: " + (tmp_path / "console.log").read_text())
         time.sleep(0.2)
     try:
-        yield {"base": base, "world": world, "config": cfg, "tmp": tmp_path}
+        yield {"base": base, "world": world, "config": cfg, "tmp": tmp_path,
+               "backend": "postgresql" if seeded_url.startswith("postgresql") else "sqlite"}
     finally:
         proc.terminate()
         try:
@@ -90,9 +91,11 @@ def browser():
             b.close()
 
 
-def shot(page, name: str) -> None:
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=True)
+def shot(page, console: dict, name: str) -> None:
+    """``tests/web/output/<backend>/<name>.png``."""
+    out = OUTPUT / console["backend"]
+    out.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(out / f"{name}.png"), full_page=True)
 
 
 def sign_in(page, base: str, user: str) -> None:
@@ -119,7 +122,7 @@ def test_auditor_journey(console, browser, tmp_path):
     ctx = browser.new_context(accept_downloads=True, locale="zh-CN")
     page = ctx.new_page()
     page.goto(base + "/login")
-    shot(page, "01-login")
+    shot(page, console, "01-login")
     sign_in(page, base, "inspector")
 
     # search: the same filters as `audit search`, numbers masked
@@ -127,7 +130,7 @@ def test_auditor_journey(console, browser, tmp_path):
     page.select_option("select[name=recording]", "yes")
     page.click("#search-submit")
     page.wait_for_selector("#results")
-    shot(page, "02-search")
+    shot(page, console, "02-search")
     text = page.inner_text("#results")
     assert world.calls["a1"] in text and world.calls["b1"] not in text
     assert "138****8000" in text and "13800138000" not in text
@@ -139,14 +142,14 @@ def test_auditor_journey(console, browser, tmp_path):
         page.wait_for_selector("#player")
         result = page.evaluate(PLAY)
         assert result["ended"] is True and result["duration"] > 0.4
-        shot(page, f"03-call-{label}")
+        shot(page, console, f"03-call-{label}")
     assert "FREQUENCY_EXCEEDED" not in page.inner_text("#reasons")
 
     # a denied call: every reason with its clause and both messages
     page.goto(f"{base}/calls/{world.calls['a5']}")
     reasons = page.inner_text("#reasons")
     assert "CALLEE_REFUSED" in reasons and "§1(2)" in reasons and "被叫用户已谢绝来电" in reasons
-    shot(page, "04-call-denied")
+    shot(page, console, "04-call-denied")
 
     # export the current filter and verify the bundle offline, as the CLI does
     page.goto(f"{base}/calls?tenant=acme")
@@ -163,19 +166,19 @@ def test_auditor_journey(console, browser, tmp_path):
 
     # report with charts, risk dashboard, registry
     page.goto(base + "/report")
-    shot(page, "05-report-form")
+    shot(page, console, "05-report-form")
     page.fill("input[name=from]", "2026-03-01")
     page.fill("input[name=to]", "2026-03-31")
     page.click("#report-submit")
     page.wait_for_selector("svg")
-    shot(page, "06-report")
+    shot(page, console, "06-report")
     page.goto(base + "/risk?at=2026-03-02T10:30")
     assert page.is_visible("#risk-acme") and page.is_visible("#risk-beta")
     assert page.inner_text("#risk-beta td:nth-child(5)") == "1"  # b1, in the hour before
-    shot(page, "07-risk")
+    shot(page, console, "07-risk")
     page.goto(base + "/registry")
     assert "ct-trunk-1" in page.inner_text("#table-trunks")
-    shot(page, "08-registry")
+    shot(page, console, "08-registry")
 
     # English on request
     page.click("#lang")
@@ -194,7 +197,7 @@ def test_tenant_auditor_denied_another_tenants_call(console, browser):
         resp = page.goto(base + path)
         assert resp.status == 404
         assert "13800138000" not in page.content() and "138****8000" not in page.content()
-    shot(page, "09-tenant-denied")
+    shot(page, console, "09-tenant-denied")
     ctx.close()
 
 
@@ -215,7 +218,7 @@ def test_post_without_csrf_token_is_refused(console, browser):
           document.body.appendChild(f); f.submit();
         }""")
     assert "403" in page.inner_text("h1")
-    shot(page, "10-csrf-refused")
+    shot(page, console, "10-csrf-refused")
     r = ctx.request.post(base + "/registry", form={"document": "tenants: []"})
     assert r.status == 403
     page.goto(base + "/risk")
