@@ -41,3 +41,18 @@ def test_serve_runs_the_console(sqlite_url, tmp_path, with_asterisk):
     finally:
         assert serve.stop() == 0
     assert (tmp_path / "s.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_doctor_checks_the_console_port(sqlite_url, tmp_path):
+    from tests.ops.test_doctor import run_doctor
+
+    port = free_port()
+    config = {"store": {"url": sqlite_url}, "recording": {"dir": str(tmp_path / "rec")},
+              "logging": {"format": "console", "level": "warning"}, "metrics": None,
+              "web": {"host": "127.0.0.1", "port": port}}
+    code, checks = run_doctor(tmp_path, config)
+    assert checks["web console port"]["status"] == "PASS", checks
+    with socket.socket() as held:  # bound by another program, not serving
+        held.bind(("127.0.0.1", port))
+        code, checks = run_doctor(tmp_path, config)
+    assert code == 1 and checks["web console port"]["status"] == "FAIL"
