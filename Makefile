@@ -1,9 +1,10 @@
 # Two entry points for a fresh machine (see README.md):
 #   make run    set up, create the SQLite store, load the example registry, show sample
-#               decisions, then start the enforcement servers with the example config
+#               decisions, then start the enforcement servers and the web console with the
+#               example config (prints the console's address and, once, a first admin login)
 #   make test   set up with the test extras, run the linter and the whole test suite
-# `make run` installs only what running needs; the test tools (pytest, moto, hypothesis, ruff)
-# come with `make test` (separate stamp files).
+# `make run` installs only what running needs; the test tools (pytest, moto, hypothesis, ruff,
+# playwright) come with `make test` (separate stamp files).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -31,6 +32,8 @@ run: setup
 	$(CW) db upgrade
 	$(CW) registry import config/registry.example.yaml
 	$(MAKE) --no-print-directory demo-decisions
+	@echo "--- web console: http://127.0.0.1:8080/ (web: in $(CONFIG)); first admin login: ---"
+	@$(CW) --actor make-run users add admin --role admin --generate --if-missing
 	$(CW) serve
 
 demo-decisions: setup

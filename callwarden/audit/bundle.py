@@ -93,7 +93,7 @@ class HashingWriter(io.RawIOBase):
 class BundleWriter:
     """Writes members into a zip one at a time, streaming, and remembers each file's hash."""
 
-    def __init__(self, path: str | os.PathLike[str], date_time: tuple[int, int, int, int, int, int]) -> None:
+    def __init__(self, path: str | os.PathLike[str] | IO[bytes], date_time: tuple[int, int, int, int, int, int]) -> None:
         self.zip = zipfile.ZipFile(path, "w", allowZip64=True)
         self.files: dict[str, FileEntry] = {}
         self._names: set[str] = set()

@@ -428,16 +428,22 @@ Phone numbers in this bundle are shown in full: it is personal data, handle it a
 """
 
 
-def export_bundle(engine: Engine, out: str | os.PathLike[str], filters: SearchFilters,
+def export_bundle(engine: Engine, out: str | os.PathLike[str] | IO[bytes], filters: SearchFilters,
                   scope: Scope, storage: Storage, keyring: Keyring | None = None,
                   options: ExportOptions | None = None, progress: Progress | None = None,
-                  on_total: Callable[[int], None] | None = None) -> ExportResult:
-    """Write the bundle for ``filters`` within ``scope`` to ``out`` (a ``.zip``)."""
+                  on_total: Callable[[int], None] | None = None, *, name: str | None = None,
+                  workdir: str | os.PathLike[str] | None = None) -> ExportResult:
+    """Write the bundle for ``filters`` within ``scope`` to ``out`` (a ``.zip``).
+
+    ``out`` may also be a writable binary stream (not seekable: the web console sends the zip as
+    it is made); then ``name`` is the bundle's file name and the CDRs are spooled in ``workdir``.
+    """
     opts = options or ExportOptions()
-    out_path = Path(out)
+    stream: IO[bytes] | None = out if hasattr(out, "write") else None  # type: ignore[assignment]
+    out_path = Path(name or "bundle.zip") if stream is not None else Path(out)  # type: ignore[arg-type]
     tenant = scope.tenant_filter(filters.tenant)  # raises AccessDenied before any work
     filters = filters.with_tenant(tenant)
-    out_dir = out_path.resolve().parent
+    out_dir = Path(workdir or tempfile.gettempdir()) if stream is not None else out_path.resolve().parent
     now = utcnow()
     sessions = make_sessionmaker(engine)
     with snapshot(engine) as session:
@@ -445,19 +451,23 @@ def export_bundle(engine: Engine, out: str | os.PathLike[str], filters: SearchFi
     total = sum(r.size or 0 for r in col.recs)
     if on_total:
         on_total(total)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_dir)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
+    if stream is None:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_dir)
+        os.close(fd)
+        tmp = Path(tmp_name)
     try:
-        return _write(sessions, tmp, out_path, col, filters, scope, storage, keyring, opts, now, progress)
+        return _write(sessions, tmp if stream is None else stream, out_path, col, filters, scope, storage,
+                      keyring, opts, now, progress)
     finally:
         col.calls.close()
         if col.entries is not None:
             col.entries.close()
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
-def _write(sessions: sessionmaker[Session], tmp: Path, out_path: Path, col: _Collected, filters: SearchFilters,
+def _write(sessions: sessionmaker[Session], tmp: Path | IO[bytes], out_path: Path, col: _Collected, filters: SearchFilters,
            scope: Scope, storage: Storage, keyring: Keyring | None, opts: ExportOptions, now: dt.datetime,
            progress: Progress | None) -> ExportResult:
     local = now.astimezone(filters.since.tzinfo if filters.since else dt.UTC)
@@ -501,7 +511,8 @@ def _write(sessions: sessionmaker[Session], tmp: Path, out_path: Path, col: _Col
             receipt = entry_dict(entry)
             w.write_bytes(B.RECEIPT, _json_doc(receipt), listed=False)
             w.close()
-        os.replace(tmp, out_path)
+        if isinstance(tmp, Path):
+            os.replace(tmp, out_path)
     except BaseException:
         w.zip.close()
         raise

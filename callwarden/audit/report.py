@@ -107,6 +107,13 @@ def _iso(t: dt.datetime | None, tz: ZoneInfo) -> str | None:
     return t.astimezone(tz).isoformat(timespec="seconds") if t else None
 
 
+def report_rules(settings: Any) -> dict[str, Any]:
+    """The configured rules the report prints beside its figures (CLI and console alike)."""
+    return {"calling window 呼叫时段": str(settings.calling_hours.window),
+            "per day 每日上限": settings.frequency.per_day, "per week 每周上限": settings.frequency.per_week,
+            "mode 模式": settings.mode}
+
+
 def compute_report(session: Session, tenant_id: str, since: dt.datetime, until: dt.datetime, tz: ZoneInfo,
                    scope: Scope, rules: dict[str, Any] | None = None, batch: int = 5000) -> ReportData:
     """The report of ``tenant_id`` for calls attempted in ``[since, until)``."""

@@ -21,6 +21,8 @@ from callwarden.cli import (
     retention_cmd,
     serve,
     subject_cmd,
+    users_cmd,
+    web_cmd,
 )
 from callwarden.cli.app import App
 
@@ -39,7 +41,7 @@ def cli(ctx: click.Context, config_path: str | None, actor: str) -> None:
 
 
 for module in (db, registry_cmd, admin, check, audit_cmd, report_cmd, serve, policing_cmd,
-               retention_cmd, ops_cmd, subject_cmd):
+               retention_cmd, ops_cmd, subject_cmd, users_cmd, web_cmd):
     module.register(cli)
 
 

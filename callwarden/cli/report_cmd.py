@@ -9,7 +9,7 @@ import click
 
 from callwarden.audit.access import AccessDenied, record_access, resolve_scope
 from callwarden.audit.filters import FilterError, parse_time
-from callwarden.audit.report import UnknownTenant, compute_report
+from callwarden.audit.report import UnknownTenant, compute_report, report_rules
 from callwarden.audit.report_render import FORMATS, render
 from callwarden.audit.snapshot import snapshot
 from callwarden.cli.app import App, pass_app
@@ -36,12 +36,8 @@ def report_cmd(app: App, tenant: str, since: str, until: str, fmt: str, out: str
         if start is None or end is None or start >= end:
             raise FilterError("--from must be before --to")
         scope = resolve_scope(app.actor, as_tenant)
-        s = app.settings
-        rules = {"calling window 呼叫时段": str(s.calling_hours.window),
-                 "per day 每日上限": s.frequency.per_day, "per week 每周上限": s.frequency.per_week,
-                 "mode 模式": s.mode}
         with snapshot(app.engine) as session:
-            data = compute_report(session, tenant, start, end, tz, scope, rules)
+            data = compute_report(session, tenant, start, end, tz, scope, report_rules(app.settings))
     except FilterError as exc:
         raise click.UsageError(str(exc)) from None
     except AccessDenied as exc:

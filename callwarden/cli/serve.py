@@ -42,9 +42,13 @@ def serve_cmd(app: App, only: str | None) -> None:
     _schema_ready(app)
     want_ast = settings.asterisk is not None and only in (None, "asterisk")
     want_fs = settings.freeswitch is not None and only in (None, "freeswitch")
-    if not (want_ast or want_fs):
-        click.echo("error: nothing to serve: the config has no asterisk: or freeswitch: section", err=True)
+    want_web = settings.web is not None
+    if not (want_ast or want_fs or want_web):
+        click.echo("error: nothing to serve: the config has no asterisk:, freeswitch: or web: section", err=True)
         raise SystemExit(2)
+    if not want_ast and want_web:
+        asyncio.run(_serve_web_only(app, with_freeswitch=want_fs))
+        return
     if want_fs and not want_ast:
         from callwarden.esl.process import run_freeswitch
 
@@ -80,6 +84,10 @@ async def _serve_asterisk(app: App, with_freeswitch: bool) -> None:
     if with_freeswitch:
         report = ops.child_report_socket("freeswitch")
         tasks.append(asyncio.create_task(_supervise_freeswitch(app.config_path, stop, report)))
+    if settings.web is not None:
+        from callwarden.web.serving import serve_until
+
+        tasks.append(asyncio.create_task(serve_until(settings, stop)))  # the web console (web:)
     ops.start()  # /metrics and /healthz; a port it cannot bind is logged, calls go on
     try:
         await stop.wait()
@@ -90,6 +98,25 @@ async def _serve_asterisk(app: App, with_freeswitch: bool) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.shield(adapter.stop())
         ops.close()
+
+
+async def _serve_web_only(app: App, with_freeswitch: bool) -> None:
+    """The web console, and the supervised FreeSWITCH side if configured (no Asterisk side)."""
+    from callwarden.web.serving import serve_until
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(serve_until(app.settings, stop))]
+    if with_freeswitch:
+        tasks.append(asyncio.create_task(_supervise_freeswitch(app.config_path, stop)))
+    try:
+        await stop.wait()
+    finally:
+        for t in tasks[1:]:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _supervise_freeswitch(config_path: str | None, stop: asyncio.Event,

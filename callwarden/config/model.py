@@ -238,6 +238,30 @@ class MetricsConfig(Endpoint):
     port: int = Field(default=9464, ge=1, le=65535)
 
 
+class WebConfig(Endpoint):
+    """The web console (``callwarden web``; also inside ``callwarden serve`` when present)."""
+
+    port: int = Field(default=8080, ge=1, le=65535)
+    # signs the session cookies; created (random, mode 0600) on first start if missing
+    session_secret_file: str = "web-session.key"
+    # Origin headers a POST may carry besides the console's own (e.g. behind a reverse proxy)
+    allowed_origins: list[str] = Field(default_factory=list)
+    https_only: bool = False  # Secure cookies: set it when the console is served over HTTPS
+    idle_timeout_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    login_attempts: int = Field(default=5, ge=1, le=1000)  # failed logins per IP+user per window
+    login_window_s: int = Field(default=300, ge=1, le=86_400)
+    language: Literal["zh", "en"] = "zh"
+    page_size: int = Field(default=50, ge=5, le=1000)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for o in v:
+            if not re.match(r"^https?://[^/\s]+$", o):
+                raise ValueError(f"{o!r}: an origin is scheme://host[:port] with no path")
+        return v
+
+
 # -- policing (seat-rental detector, MIIT 2020-81 §5(1)) -------------------------------------
 
 #: Every figure the policing detector scores, with its default ramp: the figure earns nothing at
@@ -409,6 +433,7 @@ class Settings(_Section):
     asterisk: AsteriskConfig | None = None
     freeswitch: FreeswitchConfig | None = None
     policing: PolicingConfig = Field(default_factory=PolicingConfig)
+    web: WebConfig | None = None  # the web console; absent: `callwarden web` uses the defaults
     audit: AuditConfig = Field(default_factory=AuditConfig)
     #: The directory of the config file this came from (set by ``load_settings``); relative
     #: defaults such as the audit key's are found there.

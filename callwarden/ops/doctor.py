@@ -225,6 +225,8 @@ class Doctor:
             listeners.append(("ESL outbound port", out.host, out.port))
         if settings.metrics:
             listeners.append(("metrics port", settings.metrics.host, settings.metrics.port))
+        if settings.web:
+            listeners.append(("web console port", settings.web.host, settings.web.port))
         for name, host, port in listeners:
             ok, detail = probes.port_status(host, port, self.options.timeout_s)
             yield Result(name, "PASS" if ok else "FAIL", detail)

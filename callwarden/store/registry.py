@@ -364,35 +364,45 @@ class Registry:
         return self.counts
 
 
-def export_document(session: Session) -> dict[str, list[dict[str, Any]]]:
-    """The whole registry in the import format (round-trips through ``import_document``)."""
+def export_document(session: Session, tenant: str | None = None, limit: int | None = None
+                    ) -> dict[str, list[dict[str, Any]]]:
+    """The whole registry in the import format (round-trips through ``import_document``).
+
+    ``tenant``: only that tenant's entries (filtered in each query); ``limit``: at most that
+    many entries per section (for views; an export for import takes neither).
+    """
+
+    def q(stmt: Any, column: Any) -> Any:
+        if tenant is not None:
+            stmt = stmt.where(column == tenant)
+        return session.scalars(stmt if limit is None else stmt.limit(limit))
 
     def iso(t: dt.datetime | None) -> str | None:
         return t.isoformat() if t else None
 
     out: dict[str, list[dict[str, Any]]] = {s: [] for s in SECTIONS}
-    for t in session.scalars(select(Tenant).order_by(Tenant.id)):
+    for t in q(select(Tenant).order_by(Tenant.id), Tenant.id):
         out["tenants"].append({"id": t.id, "name": t.name, "status": t.status,
                                "outbound_commitment": t.outbound_commitment})
-    for n in session.scalars(select(AccessNumber).order_by(AccessNumber.number)):
+    for n in q(select(AccessNumber).order_by(AccessNumber.number), AccessNumber.tenant_id):
         out["numbers"].append({"number": n.as_filed, "tenant": n.tenant_id, "carrier": n.carrier,
                                "purpose": n.purpose, "inbound": n.inbound, "outbound": n.outbound,
                                "filing": n.filing_ref, "filed_on": n.filed_on,
                                "certificate": n.certificate_ref, "active": n.active})
-    for tr in session.scalars(select(Trunk).order_by(Trunk.name)):
+    for tr in q(select(Trunk).order_by(Trunk.name), Trunk.tenant_id):
         out["trunks"].append({"name": tr.name, "tenant": tr.tenant_id, "carrier": tr.carrier,
                               "verified": tr.verified, "proof": tr.proof_ref})
-    for p in session.scalars(select(ProofDocument).order_by(ProofDocument.id)):
+    for p in q(select(ProofDocument).order_by(ProofDocument.id), ProofDocument.tenant_id):
         out["proofs"].append({"tenant": p.tenant_id, "kind": p.subject_kind, "subject": p.subject,
                               "ref": p.ref, "sha256": p.sha256, "filename": p.filename})
-    for c in session.scalars(select(Consent).where(Consent.revoked_at.is_(None)).order_by(Consent.id)):
+    for c in q(select(Consent).where(Consent.revoked_at.is_(None)).order_by(Consent.id), Consent.tenant_id):
         out["consents"].append({"tenant": c.tenant_id, "callee": c.callee, "scope": c.scopes.split(","),
                                 "obtained_at": iso(c.obtained_at), "expires_at": iso(c.expires_at),
                                 "evidence": {"kind": c.evidence_kind, "ref": c.evidence_ref,
                                              "sha256": c.evidence_sha256}})
-    for r in session.scalars(select(Refusal).order_by(Refusal.tenant_id, Refusal.callee)):
+    for r in q(select(Refusal).order_by(Refusal.tenant_id, Refusal.callee), Refusal.tenant_id):
         out["refusals"].append({"tenant": r.tenant_id, "callee": r.callee, "source": r.source})
-    for cp in session.scalars(select(Campaign).order_by(Campaign.tenant_id, Campaign.id)):
+    for cp in q(select(Campaign).order_by(Campaign.tenant_id, Campaign.id), Campaign.tenant_id):
         out["campaigns"].append({"id": cp.id, "tenant": cp.tenant_id, "purpose": cp.purpose,
                                  "description": cp.description, "script": cp.script, "status": cp.status})
     return out
