@@ -302,8 +302,7 @@ class Enforcer:
         deadline passes before the writes comes back with None (nothing stored for it)."""
         observe = self.settings.mode == "observe"
         results: list[tuple[Pending, Outcome | None]] = []
-        with unit_of_work(self.sessions) as session:
-            conn = session.connection()
+        with self.engine.begin() as conn:  # Core only: no ORM session on the hot path
             head = audit.lock_head(conn, VERSION_COLUMN)
             registry = self.registry.current(conn, head.also[0], read=False)
             facts = BatchFacts(conn, [p.attempt for p in batch], self.rules)
