@@ -205,6 +205,29 @@ class RobustProtocol:
             self._end("socket_error")
             raise ConnectionClosed("socket_error") from None
 
+    def post(self, commands: Sequence[bytes], timeout: float) -> list[AsyncResult]:
+        """Send commands in one write without waiting for their replies: they arrive in the
+        returned results, in order (:meth:`replies`). The same errors as :meth:`send_many`."""
+        if self._ended.is_set():
+            raise ConnectionClosed(self.end_reason or "closed")
+        results = [AsyncResult() for _ in commands]
+        try:
+            with gevent.Timeout(timeout, EslTimeout("no reply in time")), self._send_lock:
+                self._pending.extend(results)
+                self.sock.sendall(b"".join(commands))
+        except OSError:
+            self._end("socket_error")
+            raise ConnectionClosed("socket_error") from None
+        return results
+
+    def replies(self, results: Sequence[AsyncResult], timeout: float) -> list[Frame]:
+        """The replies :meth:`post` is waiting for, within ``timeout`` (raises EslTimeout, or
+        ConnectionClosed if the connection ended first)."""
+        if all(r.ready() for r in results):  # often: they came in the same read
+            return [r.get() for r in results]
+        with gevent.Timeout(max(0.0, timeout), EslTimeout("no reply in time")):
+            return [r.get() for r in results]
+
     def send(self, data: str | bytes, timeout: float = 5.0) -> Frame:  # type: ignore[override]
         """greenswitch's ``send``: one command (a string gets its ending blank line added)."""
         raw = data if isinstance(data, bytes) else (data + "\n\n").encode("utf-8")
