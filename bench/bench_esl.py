@@ -28,7 +28,11 @@ Modes: ``--levels`` (closed loop, above); ``--burst N``: N set-ups started at th
 the answers (at most ``--max-inflight`` at once; a start that finds no room is counted as
 ``shed``, and the floor shows what this driver itself can push). Every server runs the hub probe
 (callwarden.esl.hub_probe: a greenlet waking every 1 ms); ``hub p99/max`` is how late it woke
-during the measurement. ``--store-load``: while the full server is measured, another process
+during the measurement; ``late: cpu/runq/wait``: of the wake-ups over 5 ms late, how the lost
+time splits (per-thread schedstat): the hub running code, the hub runnable but without a CPU
+(an overloaded machine), the hub off the CPU by its own doing (the GIL held by a native
+thread, or a blocking call on the hub); ``own max``: the worst lateness less the time spent
+runnable without a CPU (what the process caused itself, whatever else the machine runs). ``--store-load``: while the full server is measured, another process
 runs the seat-rental detector (a pass that raises alerts: a list-dialling tenant is reseeded
 and resumed before each) and the retention purge (old CDRs reseeded before each) against the
 same store, back to back; their counts are printed. PostgreSQL: $CALLWARDEN_BENCH_PG (default
@@ -137,6 +141,15 @@ def store_load(url: str, at_iso: str) -> None:
 
 
 # -- the driving side (plain threads; never imports gevent) ----------------------------------
+
+
+def _split(hub: dict) -> str:  # type: ignore[type-arg]
+    total = hub.get("late_total_ms") or 0.0
+    if not total:
+        return "-"
+    cpu, runq = hub.get("late_cpu_ms", 0.0), hub.get("late_runq_ms", 0.0)
+    wait = max(0.0, total - cpu - runq)
+    return f"{100 * cpu / total:.0f}/{100 * runq / total:.0f}/{100 * wait / total:.0f}% of {total:.0f} ms"
 
 
 def main() -> None:
@@ -295,7 +308,8 @@ def main() -> None:
                 "p50": pct(decided, 0.5), "p99": pct(decided, 0.99), "rel50": pct(released, 0.5),
                 "refused": sum(1 for s in samples if "POLICY_UNAVAILABLE" in s[2]),
                 "errors": errors, "hub_p99": hub.get("p99_ms", float("nan")),
-                "hub_max": hub.get("max_ms", float("nan")), **extra}
+                "hub_max": hub.get("max_ms", float("nan")),
+                "hub_own": hub.get("max_own_ms", float("nan")), "hub_split": _split(hub), **extra}
 
     def closed_loop(server: Server, concurrency: int, seconds: float) -> dict[str, float]:
         samples: list[tuple[float, float, str]] = []
@@ -350,7 +364,11 @@ def main() -> None:
                 else:
                     samples.append(t)
             time.sleep(0.5)
-        hub = {"p99_ms": max(h["p99_ms"] for h in hubs), "max_ms": max(h["max_ms"] for h in hubs)}
+        hub = {"p99_ms": max(h["p99_ms"] for h in hubs), "max_ms": max(h["max_ms"] for h in hubs),
+               "max_own_ms": max(h.get("max_own_ms", float("nan")) for h in hubs),
+               "late_total_ms": sum(h.get("late_total_ms", 0) for h in hubs),
+               "late_cpu_ms": sum(h.get("late_cpu_ms", 0) for h in hubs),
+               "late_runq_ms": sum(h.get("late_runq_ms", 0) for h in hubs)}
         return summary(samples, errors, elapsed, hub)
 
     def open_loop(server: Server, rate: float, duration: float, max_inflight: int) -> dict[str, float]:
@@ -465,7 +483,7 @@ def main() -> None:
                 drop_schema(schema)
 
     header = (f"{'server':34} {'mode':>18} {'calls':>6} {'calls/s':>8} {'decided p50':>11} "
-              f"{'p99 ms':>8} {'released p50':>12} {'refused':>8} {'hub p99':>8} {'hub max':>8}")
+              f"{'p99 ms':>8} {'released p50':>12} {'refused':>8} {'hub p99':>8} {'hub max':>8} {'own max':>8}  late: cpu/runq/wait")
     print(header)
     print("-" * len(header))
     modes = list(next(iter(results.values())).keys()) if results else []
@@ -483,7 +501,7 @@ def main() -> None:
                 extra += f"  [{r['store_load']}]"
             print(f"{name:34} {mode:>18} {r['calls']:>6.0f} {r['rate']:>8.0f} {r['p50']:>8.2f} ms "
                   f"{r['p99']:>8.2f} {r['rel50']:>9.2f} ms {refused:>8} {r['hub_p99']:>5.1f} ms "
-                  f"{r['hub_max']:>5.1f} ms{extra}")
+                  f"{r['hub_max']:>5.1f} ms {r['hub_own']:>5.1f} ms  {r['hub_split']}{extra}")
         print()
     floor = results.get("callwarden floor (answer only)")
     for name, by_mode in results.items():

@@ -9,6 +9,7 @@ keeping the GIL) makes every call wait, and shows here as a late wake-up. Used b
 
 from __future__ import annotations
 
+import os
 import time
 from array import array
 from dataclasses import dataclass
@@ -24,10 +25,28 @@ class ProbeStats:
     max_ms: float
     stalls: int  # wake-ups later than the stall threshold
     stall_ms: float
+    #: Of the wake-ups more than 5 ms late, where the time went (Linux's per-thread schedstat):
+    #: all of it; on the CPU (the hub running code: its own work); runnable but waiting for a
+    #: CPU (the machine is overloaded); and the rest, off the CPU by its own doing (waiting for
+    #: the GIL held by a native thread, or a blocking call on the hub: what must not happen).
+    late_total_ms: float = 0.0
+    late_cpu_ms: float = 0.0
+    late_runq_ms: float = 0.0
+    #: The worst lateness, and the stalls, not counting time spent waiting for a CPU: what
+    #: the process itself caused, whatever else runs on the machine.
+    max_own_ms: float = 0.0
+    stalls_own: int = 0
+
+    @property
+    def late_waiting_ms(self) -> float:
+        return round(max(0.0, self.late_total_ms - self.late_cpu_ms - self.late_runq_ms), 1)
 
     def as_dict(self) -> dict[str, float | int]:
         return {"samples": self.samples, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
-                "max_ms": self.max_ms, "stalls": self.stalls, "stall_ms": self.stall_ms}
+                "max_ms": self.max_ms, "stalls": self.stalls, "stall_ms": self.stall_ms,
+                "late_total_ms": self.late_total_ms, "late_cpu_ms": self.late_cpu_ms,
+                "late_runq_ms": self.late_runq_ms, "late_waiting_ms": self.late_waiting_ms,
+                "max_own_ms": self.max_own_ms, "stalls_own": self.stalls_own}
 
 
 class HubProbe:
@@ -39,6 +58,8 @@ class HubProbe:
         self.stall_ms = stall_ms
         self.max_samples = max_samples  # 10 minutes at 1 kHz: 4.8 MB of doubles at most
         self._late_ms = array("d")
+        self._cpu_ms = array("d")  # this thread's CPU time during each interval
+        self._runq_ms = array("d")  # and its time runnable, waiting for a CPU
         self._greenlet: gevent.Greenlet | None = None
 
     def start(self) -> HubProbe:
@@ -52,25 +73,51 @@ class HubProbe:
 
     def _run(self) -> None:
         interval, clock = self.interval_s, time.perf_counter
-        while True:
-            before = clock()
-            gevent.sleep(interval)
-            late = self._late_ms
-            if len(late) < self.max_samples:
-                late.append((clock() - before - interval) * 1000)
+        try:  # the hub's thread: this greenlet runs on it
+            fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:  # not Linux: lateness only
+            fd = -1
+
+        def sched() -> tuple[float, float]:
+            if fd < 0:
+                return 0.0, 0.0
+            on_cpu, runq = os.pread(fd, 128, 0).split()[:2]
+            return int(on_cpu) / 1e6, int(runq) / 1e6
+
+        try:
+            while True:
+                before, (cpu_before, runq_before) = clock(), sched()
+                gevent.sleep(interval)
+                late = self._late_ms
+                if len(late) < self.max_samples:
+                    late.append((clock() - before - interval) * 1000)
+                    cpu_after, runq_after = sched()
+                    self._cpu_ms.append(cpu_after - cpu_before)
+                    self._runq_ms.append(runq_after - runq_before)
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     def take(self) -> ProbeStats:
         """The figures since the previous take (or start), and start over."""
-        late, self._late_ms = sorted(self._late_ms), array("d")
-        if not late:
+        samples, cpu_ms, runq_ms = self._late_ms, self._cpu_ms, self._runq_ms
+        self._late_ms, self._cpu_ms, self._runq_ms = array("d"), array("d"), array("d")
+        if not samples:
             return ProbeStats(0, 0.0, 0.0, 0.0, 0, self.stall_ms)
+        late = sorted(samples)
         n = len(late)
 
         def pct(q: float) -> float:
             return round(max(0.0, late[min(n - 1, int(q * n))]), 3)
 
+        very = [i for i, x in enumerate(samples) if x > 5.0]
+        own = [x - runq_ms[i] for i, x in enumerate(samples)]
         return ProbeStats(n, pct(0.5), pct(0.99), round(max(0.0, late[-1]), 3),
-                          sum(1 for x in late if x > self.stall_ms), self.stall_ms)
+                          sum(1 for x in late if x > self.stall_ms), self.stall_ms,
+                          round(sum(samples[i] for i in very), 1),
+                          round(sum(cpu_ms[i] for i in very), 1),
+                          round(sum(runq_ms[i] for i in very), 1),
+                          round(max(0.0, max(own)), 3), sum(1 for x in own if x > self.stall_ms))
 
 
 def report_on_signal(probe: HubProbe, signum: int) -> None:

@@ -5,9 +5,9 @@ against the same store from another process (this one).
 What must hold: no call is denied POLICY_UNAVAILABLE (the store answered every decision in
 time, ``decision_timeout_ms`` at its default 500), every call is let through recorded and
 resumed, and the adapter's hub never stalled: store work runs in native threads, so the hub
-probe (a greenlet waking every millisecond) never wakes more than 50 ms late. That bound is
-a functional check (is anything blocking the loop?), not a speed figure; bench/bench_esl.py
-measures speed.
+probe (a greenlet waking every millisecond) never wakes more than 50 ms late, time spent
+waiting for a CPU on a loaded machine aside. That bound is a functional check (is anything
+blocking the loop?), not a speed figure; bench/bench_esl.py measures speed.
 """
 
 from __future__ import annotations
@@ -77,5 +77,8 @@ def test_a_burst_while_the_detector_writes_is_never_refused(make_rig: Callable[.
     events = wait_until(lambda: len(e := fs.events("esl_call")) >= BURST + 1 and e, timeout=20)
     assert len(events) == BURST + 1 and not any(e.get("failure") for e in events)
     assert hub["samples"] > 100, hub  # the probe ran throughout
-    assert hub["stalls"] == 0 and hub["max_ms"] < STALL_MS, hub
+    # Time the hub spent runnable but without a CPU is the machine's load, not the adapter's
+    # doing (a shared CI box); everything else counts: running code, or waiting off the CPU
+    # (a blocking call on the hub, the GIL held by a native thread).
+    assert hub["stalls_own"] == 0 and hub["max_own_ms"] < STALL_MS, hub
     assert fs.stop() == 0
