@@ -47,6 +47,8 @@ OPTOUT_SOURCE = "freeswitch-ivr"
 #: plain absolute paths are handed over.
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/@+=~-]+", re.ASCII)
 _POLICY_UNAVAILABLE = denial("POLICY_UNAVAILABLE")
+_RECORD_OUTCOMES = frozenset({"RECORD_START", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE",
+                              "CHANNEL_EXECUTE_COMPLETE"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,13 +284,13 @@ class CallHandler:
         def outcome(msg: Message) -> bool:
             if isinstance(msg, Frame):  # disconnect notice: the channel is going away
                 return msg.content_type == "text/disconnect-notice"
-            if msg.get("Unique-ID") not in (None, uuid):
+            # The name first: only these events' headers need decoding.
+            if msg.name not in _RECORD_OUTCOMES or msg.get("Unique-ID") not in (None, uuid):
                 return False
             if msg.name == "RECORD_START":  # ours, not some other recording on the channel
                 return msg.get("Record-File-Path") == path
             return (msg.name in ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE")
-                    or (msg.name == "CHANNEL_EXECUTE_COMPLETE"
-                        and msg.get("Application-UUID") == rec_id))
+                    or msg.get("Application-UUID") == rec_id)  # CHANNEL_EXECUTE_COMPLETE
 
         waiter = self.session.expect(outcome)
         commands = [execute("record_session", path, event_uuid=rec_id)]

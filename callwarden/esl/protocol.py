@@ -23,7 +23,7 @@ from gevent.event import AsyncResult
 from gevent.event import Event as GEvent
 from gevent.lock import Semaphore
 
-from callwarden.esl.frames import Frame, FrameParser, Limits, ProtocolError, parse_event
+from callwarden.esl.frames import EventBody, Frame, FrameParser, Limits, ProtocolError
 from callwarden.log import get_logger
 
 log = get_logger("callwarden.esl")
@@ -46,17 +46,31 @@ class EslTimeout(Exception):
 
 
 class EslEvent:
-    """A plain event as greenswitch handlers expect it (``.headers``), plus its body."""
+    """A plain event as greenswitch handlers expect it (``.headers``), plus its body. Built
+    from the wire (:meth:`from_body`), its headers are decoded on first use."""
 
-    __slots__ = ("body", "headers")
+    __slots__ = ("_event", "_headers", "body", "name")
 
     def __init__(self, headers: dict[str, str], body: bytes = b""):
-        self.headers = headers
+        self._headers: dict[str, str] | None = headers
+        self._event: EventBody | None = None
         self.body = body
+        self.name = headers.get("Event-Name", "")
+
+    @classmethod
+    def from_body(cls, body: bytes, limits: Limits) -> EslEvent:
+        """The event in a text/event-plain frame (raises ProtocolError as parse_event does)."""
+        event = EventBody(body, limits)
+        self = cls.__new__(cls)
+        self._headers, self._event, self.body, self.name = None, event, event.body, event.name
+        return self
 
     @property
-    def name(self) -> str:
-        return self.headers.get("Event-Name", "")
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            assert self._event is not None
+            self._headers, self._event = self._event.headers, None
+        return self._headers
 
     def get(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name, default)
@@ -129,8 +143,7 @@ class RobustProtocol:
         if ctype == "auth/request":
             self._auth_request_event.set()
         elif ctype == "text/event-plain":
-            headers, body = parse_event(frame.body, self._limits)
-            self._dispatch(EslEvent(headers, body))
+            self._dispatch(EslEvent.from_body(frame.body, self._limits))
             return
         elif ctype == "text/disconnect-notice":
             self.disconnect_notice = dict(frame.headers)

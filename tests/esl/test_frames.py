@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from callwarden.esl.frames import (
+    EventBody,
     Frame,
     FrameParser,
     Limits,
@@ -197,3 +198,12 @@ def test_the_fast_header_path_reads_every_block_as_the_line_by_line_one() -> Non
     for block in blocks:
         fast, slow = _parse_both(block)
         assert fast == slow, block
+        # The same block as a plain event: checked at once, its headers decoded on first use.
+        if b"\n\n" in block:
+            continue
+        try:
+            event = EventBody(block + b"\n\n", Limits(max_headers=64))
+            lazy: object = (list(event.headers.items()), event.name)
+        except ProtocolError as exc:
+            lazy = exc.reason
+        assert lazy == (slow if isinstance(slow, str) else (slow, dict(slow).get("Event-Name", ""))), block
