@@ -36,6 +36,7 @@ class ProbeStats:
     #: the process itself caused, whatever else runs on the machine.
     max_own_ms: float = 0.0
     stalls_own: int = 0
+    max_own_cpu_ms: float = 0.0  # of which on the CPU (the rest: waiting off the CPU)
 
     @property
     def late_waiting_ms(self) -> float:
@@ -46,7 +47,8 @@ class ProbeStats:
                 "max_ms": self.max_ms, "stalls": self.stalls, "stall_ms": self.stall_ms,
                 "late_total_ms": self.late_total_ms, "late_cpu_ms": self.late_cpu_ms,
                 "late_runq_ms": self.late_runq_ms, "late_waiting_ms": self.late_waiting_ms,
-                "max_own_ms": self.max_own_ms, "stalls_own": self.stalls_own}
+                "max_own_ms": self.max_own_ms, "stalls_own": self.stalls_own,
+                "max_own_cpu_ms": self.max_own_cpu_ms}
 
 
 class HubProbe:
@@ -112,12 +114,14 @@ class HubProbe:
 
         very = [i for i, x in enumerate(samples) if x > 5.0]
         own = [x - runq_ms[i] for i, x in enumerate(samples)]
+        worst = max(range(n), key=own.__getitem__)
         return ProbeStats(n, pct(0.5), pct(0.99), round(max(0.0, late[-1]), 3),
                           sum(1 for x in late if x > self.stall_ms), self.stall_ms,
                           round(sum(samples[i] for i in very), 1),
                           round(sum(cpu_ms[i] for i in very), 1),
                           round(sum(runq_ms[i] for i in very), 1),
-                          round(max(0.0, max(own)), 3), sum(1 for x in own if x > self.stall_ms))
+                          round(max(0.0, own[worst]), 3), sum(1 for x in own if x > self.stall_ms),
+                          round(cpu_ms[worst], 3))
 
 
 def report_on_signal(probe: HubProbe, signum: int) -> None:
