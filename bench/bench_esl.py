@@ -1,8 +1,8 @@
 """Outbound-ESL benchmark: decisions per second and latency, closed loop, burst and open loop.
 
     .venv/bin/python bench/bench_esl.py [--seconds 4] [--levels 1,50,200]
-        [--burst 200 [--rounds 3]] [--rate 300 --duration 60 [--max-inflight 1000]]
-        [--backends sqlite,postgresql] [--store-load] [--servers stock,floor,full]
+        [--burst 200 [--rounds 3]] [--rate 300 --duration 60 [--max-inflight 400]]
+        [--backends sqlite,postgresql] [--store-load] [--detector-thread] [--servers stock,floor,full]
 
 Three servers, each in its own process, driven the same way by the FreeSWITCH simulator
 (tests/sim/freeswitch.py: FreeSWITCH's ``socket`` application over real TCP) from this one:
@@ -102,6 +102,7 @@ def store_load(url: str, at_iso: str) -> None:
 
     from sqlalchemy import insert
 
+    from callwarden import log as cwlog
     from callwarden.config import parse_settings
     from callwarden.policing.runner import Detector
     from callwarden.service.purge import Purger
@@ -111,6 +112,7 @@ def store_load(url: str, at_iso: str) -> None:
     from callwarden.store.registry import Registry
     from tests.policing.helpers import cdr, session_for, telemarketing
 
+    cwlog.configure("json", "warning", stream=sys.stderr)  # stdout carries the counts
     at = dt.datetime.fromisoformat(at_iso)
     settings = parse_settings({"store": {"url": url}})
     engine = make_engine(url)
@@ -122,7 +124,7 @@ def store_load(url: str, at_iso: str) -> None:
     while not select.select([sys.stdin], [], [], 0)[0]:
         # A list-dialling tenant (beta, the example registry's second) for the pass to find.
         rows = telemarketing("beta", at - dt.timedelta(minutes=50), at - dt.timedelta(minutes=1),
-                             rng, access="01058001234", per_minute=20, first=first)
+                             rng, access="01058001234", per_minute=30, first=first)
         first += len(rows)
         old = [cdr("acme", f"1360000{i:04d}", at - dt.timedelta(days=800 + i % 30),
                    access="95512", pbx="freeswitch") for i in range(300)]
@@ -184,11 +186,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="bursts per size")
     parser.add_argument("--rate", type=float, default=0.0, help="open loop: set-ups per second")
     parser.add_argument("--duration", type=float, default=10.0, help="open loop: seconds")
-    parser.add_argument("--max-inflight", type=int, default=1000)
+    parser.add_argument("--max-inflight", type=int, default=400,
+                        help="open loop: set-ups in flight at most (this driver runs one Python "
+                             "thread per call: far beyond this it is its own bottleneck)")
     parser.add_argument("--backends", default="sqlite", help="sqlite,postgresql")
     parser.add_argument("--servers", default="stock,floor,full")
     parser.add_argument("--store-load", action="store_true",
                         help="detector passes and purges against the store during full runs")
+    parser.add_argument("--detector-thread", action="store_true",
+                        help="also run detector passes back to back in a native thread of the "
+                             "adapter's process (as a FreeSWITCH-only `callwarden serve` does)")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",") if x]
     bursts = [int(x) for x in args.burst.split(",") if x]
@@ -459,7 +466,8 @@ def main() -> None:
           f"{version('greenswitch')}; {args.seconds:.0f} s per closed-loop level"
           + (f"; bursts of {args.burst} x{args.rounds}" if bursts else "")
           + (f"; open loop {args.rate:.0f}/s for {args.duration:.0f} s" if args.rate else "")
-          + ("; detector + purge running during full runs" if args.store_load else "") + "\n")
+          + ("; detector + purge running during full runs" if args.store_load else "")
+          + ("; detector passes in a thread of the adapter" if args.detector_thread else "") + "\n")
     results: dict[str, dict[str, dict[str, float]]] = {}
     floors = [("greenswitch stock (answer only)", "stock"), ("callwarden floor (answer only)", "fixed")]
     for name, kind in floors:
@@ -475,7 +483,9 @@ def main() -> None:
             url, schema = make_store(backend)
             label = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[backend]
             server = Server(["-m", "tests.esl.harness", "--config", str(write_config(url, f"{backend}.yaml")),
-                             "--at", at, "--hub-probe"], f"full-{backend}.log")
+                             "--at", at, "--hub-probe"]
+                            + (["--detector-thread"] if args.detector_thread else []),
+                            f"full-{backend}.log")
             try:
                 results[f"callwarden full ({label})"] = measure(server, url)
             finally:

@@ -27,6 +27,27 @@ def _dump_greenlets() -> None:
     print("\n".join(format_run_info()), file=sys.stderr, flush=True)
 
 
+def _start_detector(settings, clock) -> None:  # type: ignore[no-untyped-def]
+    import threading  # unpatched in this process: a native thread, like the policing thread
+
+    from callwarden.policing.runner import Detector
+
+    detector = Detector(settings)
+    log = cwlog.get_logger("callwarden.esl")
+
+    def passes() -> None:
+        while True:
+            try:
+                result = detector.run_pass(now=clock() if clock else None)
+                log.info("harness_detector_pass", raised=len(result.raised),
+                         duration_ms=round(result.duration_s * 1000, 1))
+            except Exception as exc:
+                log.error("harness_detector_pass_failed", error=type(exc).__name__)
+            threading.Event().wait(0.1)
+
+    threading.Thread(target=passes, name="harness-detector", daemon=True).start()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True)
@@ -36,6 +57,10 @@ def main() -> int:
     parser.add_argument("--hub-probe", action="store_true",
                         help="measure how late the hub wakes; SIGUSR2 logs esl_hub_probe (the "
                              "figures since the previous SIGUSR2)")
+    parser.add_argument("--detector-thread", action="store_true",
+                        help="seat-rental detector passes back to back (at --at) in a native "
+                             "thread of this process, as a FreeSWITCH-only `callwarden serve` "
+                             "runs the detector: it shares the GIL with the hub")
     args = parser.parse_args()
     if not process.patched():
         print("harness: gevent did not patch this process", file=sys.stderr)
@@ -54,6 +79,8 @@ def main() -> int:
     port = service.start()
     if args.hub_probe:
         report_on_signal(HubProbe().start(), signal.SIGUSR2)
+    if args.detector_thread:
+        _start_detector(settings, kwargs.get("clock"))
     print(f"READY {port}", flush=True)
     return process.wait_for_signal(service.stop, cwlog.get_logger("callwarden.esl"))
 
