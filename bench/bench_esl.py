@@ -1,6 +1,8 @@
-"""Outbound-ESL benchmark: decisions per second and latency at 1, 50 and 200 concurrent calls.
+"""Outbound-ESL benchmark: decisions per second and latency, closed loop, burst and open loop.
 
     .venv/bin/python bench/bench_esl.py [--seconds 4] [--levels 1,50,200]
+        [--burst 200 [--rounds 3]] [--rate 300 --duration 60 [--max-inflight 400]]
+        [--backends sqlite,postgresql] [--store-load] [--detector-thread] [--servers stock,floor,full]
 
 Three servers, each in its own process, driven the same way by the FreeSWITCH simulator
 (tests/sim/freeswitch.py: FreeSWITCH's ``socket`` application over real TCP) from this one:
@@ -19,7 +21,22 @@ first ``uuid_setvar``/``record_session`` after the decision), and to the hand-ba
 ``resume`` or the ``hangup``; includes the simulator's own 5 ms app-execution tick). Closed loop:
 each concurrent caller places calls back to back for ``--seconds``. Under load the store may
 not answer within ``decision_timeout_ms``: those calls are denied POLICY_UNAVAILABLE (fail
-closed) and counted in the ``fail-closed`` column. No assertions on time: it prints a table.
+closed) and counted in the ``refused`` column. No assertions on time: it prints a table.
+
+Modes: ``--levels`` (closed loop, above); ``--burst N``: N set-ups started at the same instant,
+``--rounds`` times; ``--rate R --duration D``: open loop, a set-up started every 1/R s whatever
+the answers (at most ``--max-inflight`` at once; a start that finds no room is counted as
+``shed``, and the floor shows what this driver itself can push). Every server runs the hub probe
+(callwarden.esl.hub_probe: a greenlet waking every 1 ms); ``hub p99/max`` is how late it woke
+during the measurement; ``late: cpu/runq/wait``: of the wake-ups over 5 ms late, how the lost
+time splits (per-thread schedstat): the hub running code, the hub runnable but without a CPU
+(an overloaded machine), the hub off the CPU by its own doing (the GIL held by a native
+thread, or a blocking call on the hub); ``own max``: the worst lateness less the time spent
+runnable without a CPU (what the process caused itself, whatever else the machine runs). ``--store-load``: while the full server is measured, another process
+runs the seat-rental detector (a pass that raises alerts: a list-dialling tenant is reseeded
+and resumed before each) and the retention purge (old CDRs reseeded before each) against the
+same store, back to back; their counts are printed. PostgreSQL: $CALLWARDEN_BENCH_PG (default
+postgresql+psycopg://postgres@127.0.0.1:5432/test), a schema of its own dropped afterwards.
 """
 
 from __future__ import annotations
@@ -32,11 +49,18 @@ if __name__ == "__main__" and "--serve" in sys.argv:  # a server process: gevent
 
 def serve_floor(kind: str, port: int) -> None:
     """A server that only answers: greenswitch as shipped, or on callwarden's accept loop."""
+    import signal
+
     import gevent
     import greenswitch
 
+    from callwarden import log as cwlog
     from callwarden.esl.frames import execute
+    from callwarden.esl.hub_probe import HubProbe, report_on_signal
     from callwarden.esl.outbound import OutboundServer
+
+    cwlog.configure("json", "info")  # stderr: the log file the bench reads the probe from
+    report_on_signal(HubProbe().start(), signal.SIGUSR2)
 
     class StockAnswer:  # greenswitch's application contract: connect() already done
         def __init__(self, session):
@@ -66,24 +90,87 @@ def serve_floor(kind: str, port: int) -> None:
     gevent.wait()
 
 
+# -- the store load (a process of its own; never imports gevent) -----------------------------
+
+
+def store_load(url: str, at_iso: str) -> None:
+    """Detector passes and purges back to back on ``url`` until stdin closes; prints counts."""
+    import datetime as dt
+    import random
+    import select
+    import time
+
+    from sqlalchemy import insert
+
+    from callwarden import log as cwlog
+    from callwarden.config import parse_settings
+    from callwarden.policing.runner import Detector
+    from callwarden.service.purge import Purger
+    from callwarden.service.recording_target import LazyTarget
+    from callwarden.store.db import make_engine, make_sessionmaker
+    from callwarden.store.models import Call
+    from callwarden.store.registry import Registry
+    from tests.policing.helpers import cdr, session_for, telemarketing
+
+    cwlog.configure("json", "warning", stream=sys.stderr)  # stdout carries the counts
+    at = dt.datetime.fromisoformat(at_iso)
+    settings = parse_settings({"store": {"url": url}})
+    engine = make_engine(url)
+    detector = Detector(settings, engine=engine)
+    rng = random.Random(7)
+    passes = alerts = purged = 0
+    first = 13700000001
+    print("READY 0", flush=True)
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        # A list-dialling tenant (beta, the example registry's second) for the pass to find.
+        rows = telemarketing("beta", at - dt.timedelta(minutes=50), at - dt.timedelta(minutes=1),
+                             rng, access="01058001234", per_minute=30, first=first)
+        first += len(rows)
+        old = [cdr("acme", f"1360000{i:04d}", at - dt.timedelta(days=800 + i % 30),
+                   access="95512", pbx="freeswitch") for i in range(300)]
+        with session_for(url) as s:
+            s.execute(insert(Call), rows + old)
+            Registry(s, "bench").set_tenant_status("beta", "active", "bench: reseeded")
+        result = detector.run_pass(now=at)
+        passes += 1
+        alerts += len(result.raised)
+        report = Purger(settings, engine, make_sessionmaker(engine), LazyTarget(settings),
+                        actor="bench").run()
+        purged += sum(c.get("purged", 0) for c in report.summary().values())
+        time.sleep(0.05)
+    print(f"{passes} {alerts} {purged}", flush=True)
+    engine.dispose()
+
+
 # -- the driving side (plain threads; never imports gevent) ----------------------------------
+
+
+def _split(hub: dict) -> str:  # type: ignore[type-arg]
+    total = hub.get("late_total_ms") or 0.0
+    if not total:
+        return "-"
+    cpu, runq = hub.get("late_cpu_ms", 0.0), hub.get("late_runq_ms", 0.0)
+    wait = max(0.0, total - cpu - runq)
+    return f"{100 * cpu / total:.0f}/{100 * runq / total:.0f}/{100 * wait / total:.0f}% of {total:.0f} ms"
 
 
 def main() -> None:
     import argparse
+    import json
     import os
     import platform
     import shutil
     import signal
     import socket
-    import statistics
     import subprocess
     import tempfile
     import threading
     import time
+    import uuid
     from pathlib import Path
 
     import yaml
+    from sqlalchemy import create_engine, text
 
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root))
@@ -92,45 +179,114 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="measured time per level")
-    parser.add_argument("--levels", default="1,50,200")
+    parser.add_argument("--levels", default="1,50,200", help="closed-loop concurrency levels ('' none)")
+    parser.add_argument("--burst", default="", help="N simultaneous set-ups (comma-separated list)")
+    parser.add_argument("--rounds", type=int, default=3, help="bursts per size")
+    parser.add_argument("--rate", type=float, default=0.0, help="open loop: set-ups per second")
+    parser.add_argument("--duration", type=float, default=10.0, help="open loop: seconds")
+    parser.add_argument("--max-inflight", type=int, default=400,
+                        help="open loop: set-ups in flight at most (this driver runs one Python "
+                             "thread per call: far beyond this it is its own bottleneck)")
+    parser.add_argument("--backends", default="sqlite", help="sqlite,postgresql")
+    parser.add_argument("--servers", default="stock,floor,full")
+    parser.add_argument("--store-load", action="store_true",
+                        help="detector passes and purges against the store during full runs")
+    parser.add_argument("--detector-thread", action="store_true",
+                        help="also run detector passes back to back in a native thread of the "
+                             "adapter's process (as a FreeSWITCH-only `callwarden serve` does)")
     args = parser.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
+    levels = [int(x) for x in args.levels.split(",") if x]
+    bursts = [int(x) for x in args.burst.split(",") if x]
+    servers_wanted = args.servers.split(",")
+    at = "2026-03-02T10:00:00+08:00"
+    pg_url = os.environ.get("CALLWARDEN_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
     work = Path(tempfile.mkdtemp(prefix="bench-esl-"))
     callees = [f"138{i:08d}" for i in range(10_000, 10_400)]  # 400 consented callees
-    url = f"sqlite:///{work / 'bench.db'}"
-    migrate(url)  # schema + the audit key (tests.conftest)
-    registry = yaml.safe_load(EXAMPLE_REGISTRY.read_text(encoding="utf-8"))
-    template = registry["consents"][0]
-    registry["consents"] += [{**template, "callee": c} for c in callees]
-    seed(url, registry)
-    config = work / "callwarden.yaml"
-    config.write_text(yaml.safe_dump({
-        "store": {"url": url}, "recording": {"dir": str(work / "rec")},
-        "logging": {"format": "json", "level": "info"},
-        "frequency": {"per_day": 1000, "per_week": 7000},
-        "freeswitch": {"esl_outbound": {"host": "127.0.0.1", "port": 8084}, "esl_inbound": None},
-    }))
+
+    def make_store(backend: str) -> tuple[str, str | None]:
+        schema = None
+        if backend == "sqlite":
+            url = f"sqlite:///{work / 'bench.db'}"
+        else:
+            schema = "bench_esl_" + uuid.uuid4().hex[:8]
+            admin = create_engine(pg_url)
+            with admin.begin() as c:
+                c.execute(text(f'CREATE SCHEMA "{schema}"'))
+            admin.dispose()
+            url = f"{pg_url}?options=-csearch_path%3D{schema}"
+        migrate(url)  # schema + the audit key (tests.conftest)
+        registry = yaml.safe_load(EXAMPLE_REGISTRY.read_text(encoding="utf-8"))
+        template = registry["consents"][0]
+        registry["consents"] += [{**template, "callee": c} for c in callees]
+        seed(url, registry)
+        return url, schema
+
+    def drop_schema(schema: str | None) -> None:
+        if schema:
+            admin = create_engine(pg_url)
+            with admin.begin() as c:
+                c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
+
+    def write_config(url: str, name: str) -> Path:
+        config = work / name
+        config.write_text(yaml.safe_dump({
+            "store": {"url": url}, "recording": {"dir": str(work / "rec")},
+            "logging": {"format": "json", "level": "info"},
+            "frequency": {"per_day": 1000, "per_week": 7000},
+            "freeswitch": {"esl_outbound": {"host": "127.0.0.1", "port": 8084}, "esl_inbound": None},
+        }))
+        return config
 
     def free_port() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
 
-    def start(argv: list[str], log_name: str) -> tuple[subprocess.Popen[str], int]:
-        log = (work / log_name).open("w")
-        proc = subprocess.Popen([sys.executable, *argv], cwd=root, stdout=subprocess.PIPE,
-                                stderr=log, text=True, env={**os.environ, "PYTHONPATH": str(root)})
-        line = proc.stdout.readline() if proc.stdout else ""
-        if not line.startswith("READY "):
-            proc.kill()
-            raise SystemExit(f"server {argv} did not start; see {work / log_name}")
-        return proc, int(line.split()[1])
+    class Server:
+        def __init__(self, argv: list[str], log_name: str):
+            self.log = work / log_name
+            with self.log.open("w") as log:
+                self.proc = subprocess.Popen([sys.executable, *argv], cwd=root, stdout=subprocess.PIPE,
+                                             stderr=log, text=True,
+                                             env={**os.environ, "PYTHONPATH": str(root)})
+            line = self.proc.stdout.readline() if self.proc.stdout else ""
+            if not line.startswith("READY "):
+                self.proc.kill()
+                raise SystemExit(f"server {argv} did not start; see {self.log}")
+            self.port = int(line.split()[1])
+
+        def hub(self) -> dict[str, float]:
+            """The hub probe's figures since the previous call."""
+            before = self.log.read_text(errors="replace").count('"esl_hub_probe"')
+            self.proc.send_signal(signal.SIGUSR2)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                lines = [ln for ln in self.log.read_text(errors="replace").splitlines()
+                         if '"esl_hub_probe"' in ln]
+                if len(lines) > before:
+                    return json.loads(lines[-1])
+                time.sleep(0.05)
+            return {"p99_ms": float("nan"), "max_ms": float("nan")}
+
+        def stop(self) -> None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
     class TimedCall(FsCall):
         def _dial(self) -> None:
             self.t0 = time.time()
             super()._dial()
+
+    def new_call(port: int, i: int) -> TimedCall:
+        prof = CallProfile(caller_id_number="95512", destination_number=callees[i % 400],
+                           variables={"callwarden_tenant": "acme", "callwarden_trunk": "ct-trunk-1",
+                                      "callwarden_campaign": "renewals"})
+        return TimedCall("127.0.0.1", port, profile=prof, write_gap=0.0, poll=0.005)
 
     def timings(call: TimedCall) -> tuple[float, float, str] | None:
         r = call.result
@@ -146,7 +302,21 @@ def main() -> None:
         reasons = r.variables_set.get("callwarden_reasons") or ""
         return decided * 1000, released * 1000, reasons
 
-    def run_level(port: int, concurrency: int, seconds: float) -> dict[str, float]:
+    def pct(xs: list[float], q: float) -> float:
+        return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+    def summary(samples: list[tuple[float, float, str]], errors: int, elapsed: float,
+                hub: dict[str, float], **extra: float) -> dict[str, float]:
+        decided = sorted(s[0] for s in samples)
+        released = sorted(s[1] for s in samples)
+        return {"calls": len(samples), "rate": len(samples) / max(elapsed, 1e-9),
+                "p50": pct(decided, 0.5), "p99": pct(decided, 0.99), "rel50": pct(released, 0.5),
+                "refused": sum(1 for s in samples if "POLICY_UNAVAILABLE" in s[2]),
+                "errors": errors, "hub_p99": hub.get("p99_ms", float("nan")),
+                "hub_max": hub.get("max_ms", float("nan")),
+                "hub_own": hub.get("max_own_ms", float("nan")), "hub_split": _split(hub), **extra}
+
+    def closed_loop(server: Server, concurrency: int, seconds: float) -> dict[str, float]:
         samples: list[tuple[float, float, str]] = []
         errors = [0]
         lock = threading.Lock()
@@ -156,12 +326,8 @@ def main() -> None:
         def worker(n: int) -> None:
             i = n
             while time.monotonic() < stop_at:
-                prof = CallProfile(caller_id_number="95512", destination_number=callees[i % 400],
-                                   variables={"callwarden_tenant": "acme",
-                                              "callwarden_trunk": "ct-trunk-1",
-                                              "callwarden_campaign": "renewals"})
+                call = new_call(server.port, i)
                 i += concurrency
-                call = TimedCall("127.0.0.1", port, profile=prof, write_gap=0.0, poll=0.005)
                 started = time.monotonic()
                 call.run(timeout=20)
                 t = timings(call)
@@ -175,29 +341,119 @@ def main() -> None:
 
         threads = [threading.Thread(target=worker, args=(n,)) for n in range(concurrency)]
         began = time.monotonic()
+        server.hub()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        hub = server.hub()
         elapsed = min(time.monotonic(), stop_at) - max(began, measure_from)
-        decided = sorted(s[0] for s in samples)
-        released = sorted(s[1] for s in samples)
-        failed_closed = sum(1 for s in samples if s[2] == "POLICY_UNAVAILABLE")
-        pct = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")  # noqa: E731
-        return {"calls": len(samples), "rate": len(samples) / max(elapsed, 1e-9),
-                "p50": statistics.median(decided) if decided else float("nan"),
-                "p99": pct(decided, 0.99), "rel50": pct(released, 0.5),
-                "closed": 100.0 * failed_closed / max(1, len(samples)), "errors": errors[0]}
+        return summary(samples, errors[0], elapsed, hub)
 
-    servers = [
-        ("greenswitch stock (answer only)",
-         lambda: start([__file__, "--serve", "stock", str(free_port())], "stock.log")),
-        ("callwarden floor (answer only)",
-         lambda: start([__file__, "--serve", "fixed", str(free_port())], "fixed.log")),
-        ("callwarden full (SQLite)",
-         lambda: start(["-m", "tests.esl.harness", "--config", str(config),
-                        "--at", "2026-03-02T10:00:00+08:00"], "full.log")),
-    ]
+    def burst(server: Server, size: int, rounds: int) -> dict[str, float]:
+        samples: list[tuple[float, float, str]] = []
+        errors, elapsed, hubs = 0, 0.0, []
+        for r in range(rounds):
+            calls = [new_call(server.port, r * size + i) for i in range(size)]
+            server.hub()
+            began = time.monotonic()
+            for c in calls:
+                c.start(timeout=30)
+            results = [c.join(40) for c in calls]
+            elapsed += time.monotonic() - began
+            hubs.append(server.hub())
+            for c, _res in zip(calls, results, strict=True):
+                t = timings(c)
+                if t is None:
+                    errors += 1
+                else:
+                    samples.append(t)
+            time.sleep(0.5)
+        hub = {"p99_ms": max(h["p99_ms"] for h in hubs), "max_ms": max(h["max_ms"] for h in hubs),
+               "max_own_ms": max(h.get("max_own_ms", float("nan")) for h in hubs),
+               "late_total_ms": sum(h.get("late_total_ms", 0) for h in hubs),
+               "late_cpu_ms": sum(h.get("late_cpu_ms", 0) for h in hubs),
+               "late_runq_ms": sum(h.get("late_runq_ms", 0) for h in hubs)}
+        return summary(samples, errors, elapsed, hub)
+
+    def open_loop(server: Server, rate: float, duration: float, max_inflight: int) -> dict[str, float]:
+        samples: list[tuple[float, float, str]] = []
+        errors, shed = [0], [0]
+        lock = threading.Lock()
+        room = threading.BoundedSemaphore(max_inflight)
+        done = threading.Event()
+
+        def one(i: int) -> None:
+            try:
+                call = new_call(server.port, i)
+                call.run(timeout=20)
+                t = timings(call)
+                with lock:
+                    if t is None:
+                        errors[0] += 1
+                    else:
+                        samples.append(t)
+            finally:
+                room.release()
+
+        server.hub()
+        began = time.monotonic()
+        n = int(rate * duration)
+        late = 0.0
+        for i in range(n):
+            due = began + i / rate
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            else:
+                late = max(late, -wait)
+            if not room.acquire(blocking=False):
+                shed[0] += 1
+                continue
+            threading.Thread(target=one, args=(i,), daemon=True).start()
+        for _ in range(max_inflight):  # wait for the calls in flight
+            room.acquire(timeout=30)
+        done.set()
+        elapsed = time.monotonic() - began
+        hub = server.hub()
+        return summary(samples, errors[0], elapsed, hub, shed=shed[0], offered=n,
+                       start_lag_ms=late * 1000)
+
+    class StoreLoad:
+        def __init__(self, url: str):
+            self.proc = subprocess.Popen([sys.executable, __file__, "--store-load-on", url, at],
+                                         cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=(work / "store-load.log").open("w"), text=True,
+                                         env={**os.environ, "PYTHONPATH": str(root)})
+            assert self.proc.stdout is not None and self.proc.stdout.readline().startswith("READY")
+
+        def stop(self) -> str:
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline().split()
+            self.proc.wait(60)
+            if len(line) != 3:
+                return f"store load failed; see {work / 'store-load.log'}"
+            return f"{line[0]} detector passes ({line[1]} alerts raised), {line[2]} rows purged"
+
+    def measure(server: Server, url: str | None) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        plan: list[tuple[str, object]] = [(f"closed c={c}", lambda c=c: closed_loop(server, c, args.seconds))
+                                          for c in levels]
+        plan += [(f"burst {b}", lambda b=b: burst(server, b, args.rounds)) for b in bursts]
+        if args.rate:
+            plan.append((f"open {args.rate:.0f}/s {args.duration:.0f}s",
+                         lambda: open_loop(server, args.rate, args.duration, args.max_inflight)))
+        for name, run in plan:
+            load = StoreLoad(url) if url and args.store_load else None
+            try:
+                out[name] = run()  # type: ignore[operator]
+            finally:
+                if load is not None:
+                    out[name]["store_load"] = load.stop()  # type: ignore[assignment]
+        return out
+
     from importlib.metadata import version
 
     import gevent
@@ -205,42 +461,73 @@ def main() -> None:
 
     print(f"callwarden outbound ESL benchmark: {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}, gevent {gevent.__version__}, greenswitch "
-          f"{version('greenswitch')}; {args.seconds:.0f} s per level, closed loop\n")
-    header = (f"{'server':34} {'conc':>4} {'calls':>6} {'calls/s':>8} {'decided p50':>11} "
-              f"{'p99 ms':>8} {'released p50':>12} {'fail-closed':>11}")
-    rows: dict[tuple[str, int], dict[str, float]] = {}
-    results_by_server = {}
-    for name, launch in servers:
-        proc, port = launch()
+          f"{version('greenswitch')}; {args.seconds:.0f} s per closed-loop level"
+          + (f"; bursts of {args.burst} x{args.rounds}" if bursts else "")
+          + (f"; open loop {args.rate:.0f}/s for {args.duration:.0f} s" if args.rate else "")
+          + ("; detector + purge running during full runs" if args.store_load else "")
+          + ("; detector passes in a thread of the adapter" if args.detector_thread else "") + "\n")
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    floors = [("greenswitch stock (answer only)", "stock"), ("callwarden floor (answer only)", "fixed")]
+    for name, kind in floors:
+        if kind.replace("fixed", "floor") not in servers_wanted:
+            continue
+        server = Server([__file__, "--serve", kind, str(free_port())], f"{kind}.log")
         try:
-            results_by_server[name] = {c: run_level(port, c, args.seconds) for c in levels}
+            results[name] = measure(server, None)
         finally:
-            proc.send_signal(signal.SIGTERM)
+            server.stop()
+    if "full" in servers_wanted:
+        for backend in args.backends.split(","):
+            url, schema = make_store(backend)
+            label = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[backend]
+            server = Server(["-m", "tests.esl.harness", "--config", str(write_config(url, f"{backend}.yaml")),
+                             "--at", at, "--hub-probe"]
+                            + (["--detector-thread"] if args.detector_thread else []),
+                            f"full-{backend}.log")
             try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                results[f"callwarden full ({label})"] = measure(server, url)
+            finally:
+                server.stop()
+                drop_schema(schema)
+
+    header = (f"{'server':34} {'mode':>18} {'calls':>6} {'calls/s':>8} {'decided p50':>11} "
+              f"{'p99 ms':>8} {'released p50':>12} {'refused':>8} {'hub p99':>8} {'hub max':>8} {'own max':>8}  late: cpu/runq/wait")
     print(header)
     print("-" * len(header))
-    for c in levels:
-        for name, _ in servers:
-            r = results_by_server[name][c]
-            rows[(name, c)] = r
-            closed = f"{r['closed']:.0f}%" if name.startswith("callwarden full") else "-"
-            print(f"{name:34} {c:>4} {r['calls']:>6.0f} {r['rate']:>8.0f} {r['p50']:>8.2f} ms "
-                  f"{r['p99']:>8.2f} {r['rel50']:>9.2f} ms {closed:>11}"
-                  + (f"  ({r['errors']:.0f} errors)" if r["errors"] else ""))
+    modes = list(next(iter(results.values())).keys()) if results else []
+    for mode in modes:
+        for name, by_mode in results.items():
+            r = by_mode[mode]
+            refused = f"{r['refused']:.0f}" if name.startswith("callwarden full") else "-"
+            extra = ""
+            if r["errors"]:
+                extra += f"  ({r['errors']:.0f} errors)"
+            if "shed" in r:
+                extra += (f"  (offered {r['offered']:.0f}, shed {r['shed']:.0f}, "
+                          f"start lag max {r['start_lag_ms']:.0f} ms)")
+            if "store_load" in r:
+                extra += f"  [{r['store_load']}]"
+            print(f"{name:34} {mode:>18} {r['calls']:>6.0f} {r['rate']:>8.0f} {r['p50']:>8.2f} ms "
+                  f"{r['p99']:>8.2f} {r['rel50']:>9.2f} ms {refused:>8} {r['hub_p99']:>5.1f} ms "
+                  f"{r['hub_max']:>5.1f} ms {r['hub_own']:>5.1f} ms  {r['hub_split']}{extra}")
         print()
-    one = levels[0]
-    stock, floor, full = (rows[(name, one)] for name, _ in servers)
-    print(f"accept path, {one} call at a time: greenswitch stock p50 {stock['p50']:.2f} ms -> "
-          f"callwarden's accept loop {floor['p50']:.2f} ms; full decision {full['p50']:.2f} ms "
-          f"({full['p50'] - floor['p50']:.2f} ms above the floor: store, CDR, audit)")
+    floor = results.get("callwarden floor (answer only)")
+    for name, by_mode in results.items():
+        if floor and name.startswith("callwarden full"):
+            for mode, r in by_mode.items():
+                f = floor[mode]
+                print(f"{name}, {mode}: decided p50 {r['p50']:.2f} ms vs floor {f['p50']:.2f} ms "
+                      f"({r['p50'] / f['p50']:.1f}x), {r['rate']:.0f} vs {f['rate']:.0f} calls/s, "
+                      f"hub max {r['hub_max']:.1f} vs {f['hub_max']:.1f} ms")
     shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
     if "--serve" in sys.argv:
         serve_floor(sys.argv[sys.argv.index("--serve") + 1], int(sys.argv[-1]))
+    elif "--store-load-on" in sys.argv:
+        i = sys.argv.index("--store-load-on")
+        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+        store_load(sys.argv[i + 1], sys.argv[i + 2])
     else:
         main()

@@ -25,7 +25,7 @@ import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import gevent
+from gevent.event import AsyncResult
 
 from callwarden.config import Settings
 from callwarden.esl import channel as ch
@@ -47,6 +47,8 @@ OPTOUT_SOURCE = "freeswitch-ivr"
 #: plain absolute paths are handed over.
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/@+=~-]+", re.ASCII)
 _POLICY_UNAVAILABLE = denial("POLICY_UNAVAILABLE")
+_RECORD_OUTCOMES = frozenset({"RECORD_START", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE",
+                              "CHANNEL_EXECUTE_COMPLETE"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +108,7 @@ class CallHandler:
         self.call_id_set = False  # callwarden_call_id already sent to the channel
         self.pending_call_id: str | None = None  # let through, not yet handed back
         self.released = False  # `resume` sent: from here the dialplan has the call
-        self._subscription: gevent.Greenlet | None = None
+        self._subscription: list[AsyncResult] | None = None  # the subscription's replies
         session.register_handle("CHANNEL_HANGUP", self._on_hangup)
         session.register_handle("CHANNEL_HANGUP_COMPLETE", self._on_hangup)
 
@@ -114,19 +116,16 @@ class CallHandler:
         self.hung_up = True
 
     def _subscribe(self) -> None:
-        """Ask for this channel's events (``myevents``; RECORD_* are not part of it) in the
-        background, so the store can work meanwhile; :meth:`_subscribed` waits for it."""
+        """Ask for this channel's events (``myevents``; RECORD_* are not part of it) without
+        waiting, so the store can work meanwhile; :meth:`_subscribed` waits for the replies."""
         commands = [command("myevents"), command("event plain RECORD_START RECORD_STOP")]
-        self._subscription = gevent.spawn(self.session.send_many, commands,
-                                          self._left(self.ctx.command_timeout_s))
+        self._subscription = self.session.post(commands, self._left(self.ctx.command_timeout_s))
 
     def _subscribed(self) -> None:
-        sub = self._subscription
-        sub.join(self._left(self.ctx.command_timeout_s) + 0.1)
-        if not sub.ready():
-            sub.kill(block=False)
-            raise EslTimeout("event subscription not answered")
-        self._check(sub.get())
+        if self._subscription is None:  # the route was handled before subscribing
+            return
+        results, self._subscription = self._subscription, None
+        self._check(self.session.replies(results, self._left(self.ctx.command_timeout_s)))
 
     @property
     def uuid(self) -> str | None:
@@ -285,13 +284,13 @@ class CallHandler:
         def outcome(msg: Message) -> bool:
             if isinstance(msg, Frame):  # disconnect notice: the channel is going away
                 return msg.content_type == "text/disconnect-notice"
-            if msg.get("Unique-ID") not in (None, uuid):
+            # The name first: only these events' headers need decoding.
+            if msg.name not in _RECORD_OUTCOMES or msg.get("Unique-ID") not in (None, uuid):
                 return False
             if msg.name == "RECORD_START":  # ours, not some other recording on the channel
                 return msg.get("Record-File-Path") == path
             return (msg.name in ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE")
-                    or (msg.name == "CHANNEL_EXECUTE_COMPLETE"
-                        and msg.get("Application-UUID") == rec_id))
+                    or msg.get("Application-UUID") == rec_id)  # CHANNEL_EXECUTE_COMPLETE
 
         waiter = self.session.expect(outcome)
         commands = [execute("record_session", path, event_uuid=rec_id)]
@@ -427,11 +426,13 @@ class CallHandler:
         if self.hung_up:
             raise _CallerGone()
         self.released = True  # once `resume` is on the wire FreeSWITCH may act on it
-        self._check(self.session.send_many(self._setvars(variables) + [command("resume")],
-                                           self._left(self.ctx.command_timeout_s)))
+        # `exit` goes in the same write (one round trip less); FreeSWITCH runs them in order.
+        posted = self.session.post(self._setvars(variables) + [command("resume"), command("exit")],
+                                   self._left(self.ctx.command_timeout_s))
+        self._check(self.session.replies(posted[:-1], self._left(self.ctx.command_timeout_s)))
         self.report.action = "resumed"
         with contextlib.suppress(EslTimeout, ConnectionClosed):
-            self.session.send("exit", timeout=self._left(self.ctx.command_timeout_s))
+            self.session.replies(posted[-1:], self._left(self.ctx.command_timeout_s))
 
     def _hangup(self, variables: list[tuple[str, str]], cause: str) -> None:
         """Set the variables and hang up with ``cause``; wait until FreeSWITCH confirms."""

@@ -23,7 +23,7 @@ from gevent.event import AsyncResult
 from gevent.event import Event as GEvent
 from gevent.lock import Semaphore
 
-from callwarden.esl.frames import Frame, FrameParser, Limits, ProtocolError, parse_event
+from callwarden.esl.frames import EventBody, Frame, FrameParser, Limits, ProtocolError
 from callwarden.log import get_logger
 
 log = get_logger("callwarden.esl")
@@ -46,17 +46,31 @@ class EslTimeout(Exception):
 
 
 class EslEvent:
-    """A plain event as greenswitch handlers expect it (``.headers``), plus its body."""
+    """A plain event as greenswitch handlers expect it (``.headers``), plus its body. Built
+    from the wire (:meth:`from_body`), its headers are decoded on first use."""
 
-    __slots__ = ("body", "headers")
+    __slots__ = ("_event", "_headers", "body", "name")
 
     def __init__(self, headers: dict[str, str], body: bytes = b""):
-        self.headers = headers
+        self._headers: dict[str, str] | None = headers
+        self._event: EventBody | None = None
         self.body = body
+        self.name = headers.get("Event-Name", "")
+
+    @classmethod
+    def from_body(cls, body: bytes, limits: Limits) -> EslEvent:
+        """The event in a text/event-plain frame (raises ProtocolError as parse_event does)."""
+        event = EventBody(body, limits)
+        self = cls.__new__(cls)
+        self._headers, self._event, self.body, self.name = None, event, event.body, event.name
+        return self
 
     @property
-    def name(self) -> str:
-        return self.headers.get("Event-Name", "")
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            assert self._event is not None
+            self._headers, self._event = self._event.headers, None
+        return self._headers
 
     def get(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name, default)
@@ -129,8 +143,7 @@ class RobustProtocol:
         if ctype == "auth/request":
             self._auth_request_event.set()
         elif ctype == "text/event-plain":
-            headers, body = parse_event(frame.body, self._limits)
-            self._dispatch(EslEvent(headers, body))
+            self._dispatch(EslEvent.from_body(frame.body, self._limits))
             return
         elif ctype == "text/disconnect-notice":
             self.disconnect_notice = dict(frame.headers)
@@ -204,6 +217,29 @@ class RobustProtocol:
         except OSError:
             self._end("socket_error")
             raise ConnectionClosed("socket_error") from None
+
+    def post(self, commands: Sequence[bytes], timeout: float) -> list[AsyncResult]:
+        """Send commands in one write without waiting for their replies: they arrive in the
+        returned results, in order (:meth:`replies`). The same errors as :meth:`send_many`."""
+        if self._ended.is_set():
+            raise ConnectionClosed(self.end_reason or "closed")
+        results = [AsyncResult() for _ in commands]
+        try:
+            with gevent.Timeout(timeout, EslTimeout("no reply in time")), self._send_lock:
+                self._pending.extend(results)
+                self.sock.sendall(b"".join(commands))
+        except OSError:
+            self._end("socket_error")
+            raise ConnectionClosed("socket_error") from None
+        return results
+
+    def replies(self, results: Sequence[AsyncResult], timeout: float) -> list[Frame]:
+        """The replies :meth:`post` is waiting for, within ``timeout`` (raises EslTimeout, or
+        ConnectionClosed if the connection ended first)."""
+        if all(r.ready() for r in results):  # often: they came in the same read
+            return [r.get() for r in results]
+        with gevent.Timeout(max(0.0, timeout), EslTimeout("no reply in time")):
+            return [r.get() for r in results]
 
     def send(self, data: str | bytes, timeout: float = 5.0) -> Frame:  # type: ignore[override]
         """greenswitch's ``send``: one command (a string gets its ending blank line added)."""

@@ -80,8 +80,9 @@ class EslRig:
 
     def __init__(self, workdir: Path, store_url: str, *, at: dt.datetime = MONDAY_10AM,
                  inbound: bool = True, password: str = "ClueCon", switchname: str | None = None,
-                 **overrides: Any):
+                 hub_probe: bool = False, **overrides: Any):
         self.workdir = workdir
+        self.hub_probe = hub_probe  # see hub_report()
         workdir.mkdir(parents=True, exist_ok=True)
         self.store_url = store_url
         self.at = at
@@ -124,7 +125,8 @@ class EslRig:
         log = self.log_path.open("a", encoding="utf-8")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.esl.harness", "--config", str(self.config_path),
-             "--at", self.at.isoformat(), "--fast-listener"],
+             "--at", self.at.isoformat(), "--fast-listener"]
+            + (["--hub-probe"] if self.hub_probe else []),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         log.close()
@@ -158,6 +160,14 @@ class EslRig:
         if self.fs is not None:
             self.fs.stop()
         self.engine.dispose()
+
+    def hub_report(self, timeout: float = 10.0) -> dict[str, Any]:
+        """How late the adapter's hub woke since the previous report (``hub_probe=True``):
+        ``esl_hub_probe`` with samples, p50_ms, p99_ms, max_ms, stalls (over stall_ms)."""
+        assert self.hub_probe and self.proc is not None
+        before = len(self.events("esl_hub_probe"))
+        self.proc.send_signal(signal.SIGUSR2)
+        return wait_until(lambda: self.events("esl_hub_probe")[before:], timeout)[0]
 
     @property
     def pid(self) -> int:

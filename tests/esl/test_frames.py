@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from callwarden.esl.frames import (
+    EventBody,
     Frame,
     FrameParser,
     Limits,
@@ -158,3 +159,51 @@ def test_a_line_break_can_never_end_a_command_early(bad: str) -> None:
         command("api uuid_setvar x y " + bad)
     with pytest.raises(ValueError):
         execute("set", "x=" + bad)
+
+
+def _parse_both(block: bytes) -> tuple[object, object]:
+    from callwarden.esl.frames import _parse_lines, _parse_lines_slowly
+
+    out = []
+    for parse in (_parse_lines, _parse_lines_slowly):
+        try:
+            headers = parse(block, Limits(max_headers=64))
+            out.append(list(headers.items()))  # order too
+        except ProtocolError as exc:
+            out.append(exc.reason)
+    return out[0], out[1]
+
+
+def test_the_fast_header_path_reads_every_block_as_the_line_by_line_one() -> None:
+    """The one-regex path must give what the line-by-line definition gives, on the captures
+    and on random blocks built from the characters that matter (separators, escapes, carriage
+    returns, repeated names, broken UTF-8)."""
+    import random
+
+    blocks = []
+    for name in ALL:
+        for frame in frames_of(received(name)):
+            if frame.is_event:
+                blocks.append(frame.body[:frame.body.find(b"\n\n")])
+    pieces = [b"A", b"b-c", b"Name", b":", b": ", b"  ", b"%0A", b"%3A", b"%2", b"%zz", b"%E4%B8%AD",
+              b"\xe4\xb8", b"\xff", b"\r", b"\n", b"\n", b"\n", b"x y", b"\t", b"\xe4\xb8\xad"]
+    rng = random.Random(20261203)
+    for _ in range(3000):
+        blocks.append(b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))))
+        names = [b"A", b"B", b"Event-Name", b"variable_x", b"Unique-ID", b"C.d"]
+        lines = [rng.choice(names) + rng.choice([b":", b": "]) + rng.choice(pieces) + rng.choice(pieces)
+                 for _ in range(rng.randint(1, 4))]
+        blocks.append(b"\n".join(lines))  # valid or nearly; repeated names: the first one wins
+    assert len(blocks) > 6000
+    for block in blocks:
+        fast, slow = _parse_both(block)
+        assert fast == slow, block
+        # The same block as a plain event: checked at once, its headers decoded on first use.
+        if b"\n\n" in block:
+            continue
+        try:
+            event = EventBody(block + b"\n\n", Limits(max_headers=64))
+            lazy: object = (list(event.headers.items()), event.name)
+        except ProtocolError as exc:
+            lazy = exc.reason
+        assert lazy == (slow if isinstance(slow, str) else (slow, dict(slow).get("Event-Name", ""))), block
