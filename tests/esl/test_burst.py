@@ -76,7 +76,7 @@ def test_a_burst_while_the_detector_writes_is_never_refused(make_rig: Callable[.
                and r.recordings for r in results), reasons
     events = wait_until(lambda: len(e := fs.events("esl_call")) >= BURST + 1 and e, timeout=20)
     assert len(events) == BURST + 1 and not any(e.get("failure") for e in events)
-    assert hub["samples"] > 100, hub  # the probe ran throughout
+    assert hub["samples"] > 20, hub  # the probe ran throughout (the burst lasts ~0.1-1 s)
     # Time the hub spent runnable but without a CPU is the machine's load, not the adapter's
     # doing (a shared CI box); everything else counts: running code, or waiting off the CPU
     # (a blocking call on the hub, the GIL held by a native thread).
