@@ -9,17 +9,36 @@ simulator's ``AgiCall``, real TCP, in this process):
               channel variables, decides (facts, CDR row, audit-chain entry, commit), starts
               MixMonitor, sets the result variables
 
-At 1, 50 and 200 concurrent simulated calls, each worker places calls back to back for a fixed
-time; a call's latency is the whole FastAGI session as Asterisk sees it, from connect until the
-server closes and the dialplan can go on. Prints calls/s, p50 and p99, the outcome mix (a
-decision that misses ``decision_timeout_ms`` is denied POLICY_UNAVAILABLE: fail closed), and
-callwarden/baseline ratios. No assertions on time. SQLite takes one writer at a time, so its
-figures at 50 and 200 concurrent calls are the embedded store's capacity; PostgreSQL decides in
-parallel. PostgreSQL: $CALLWARDEN_BENCH_PG (default postgresql+psycopg://postgres@127.0.0.1:5432/test),
-in a schema of its own that is dropped afterwards.
+Modes (all print the baseline beside callwarden, from the same run; no assertions on time):
+
+* closed loop (default ``--levels 1,50,200``): at each level, that many workers place calls
+  back to back for ``--seconds``;
+* open loop (``--rate 300 --duration 60``): set-ups start at a fixed rate whatever the
+  completions, at most ``--max-inflight`` at once (a set-up due while that many are in flight
+  is counted as skipped, not queued); reports the achieved rate and how late the generator
+  started set-ups (if it lags, the figures are the generator's, not the server's);
+* burst (``--burst 200``): that many set-ups at the same instant;
+* ``--background``: while the open-loop and burst runs load the server, a separate process
+  on the same store runs the real seat-rental detector pass (``Detector.run_pass``, against
+  another tenant's telemarketing so that it raises alerts), the store writes an AMI-less
+  reconciliation makes (``Enforcer.open_calls`` then ``Enforcer.call_ended`` for each open
+  call, as ``agi/ami/reconcile.py`` does for channels gone), and a retention purge
+  (``Purger.run`` over CDRs past retention, inserted as it goes), over and over;
+* ``--nodes 2`` (PostgreSQL): two callwarden server processes on one store, the closed-loop
+  load at ``--nodes-concurrency`` split between them, against one node.
+
+A call's latency is the whole FastAGI session as Asterisk sees it, from connect until the
+server closes and the dialplan can go on. Outcomes: a decision that misses
+``decision_timeout_ms`` (500 ms) is denied POLICY_UNAVAILABLE (fail closed). "srv CPU" is the
+server process's CPU time (user + system, all threads, from /proc) per call placed: less noisy
+than rates on a shared machine. SQLite takes one writer at a time; PostgreSQL decides in
+parallel. PostgreSQL: $CALLWARDEN_BENCH_PG (default
+postgresql+psycopg://postgres@127.0.0.1:5432/test), in a schema of its own dropped afterwards.
 
     python bench/bench_agi.py                           # about 2 minutes
     python bench/bench_agi.py --seconds 2 --backends sqlite
+    python bench/bench_agi.py --levels none --rate 300 --duration 60 --burst 200 --background
+    python bench/bench_agi.py --levels none --backends postgresql --nodes 2
 """
 
 from __future__ import annotations
@@ -29,11 +48,13 @@ import asyncio
 import datetime as dt
 import multiprocessing as mp
 import os
+import random
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,10 +70,13 @@ PG_URL = os.environ.get("CALLWARDEN_BENCH_PG", "postgresql+psycopg://postgres@12
 CST = dt.timezone(dt.timedelta(hours=8))
 MONDAY_10AM = dt.datetime(2026, 3, 2, 10, 0, tzinfo=CST)  # inside calling hours, always
 CALLEES = 5000
-LEVELS = (1, 50, 200)
 TIMING = AgiTiming(env_split_pause=0, usage_pause=0, answer_delay=0, wait_scale=0)
 VARIABLES = {"CALLWARDEN_TENANT": "acme", "CALLWARDEN_TRUNK": "ct-trunk-1",
              "CALLWARDEN_CAMPAIGN": "renewals"}
+#: The tenant whose telemarketing the background detector pass finds (never called here).
+RENTER, RENTER_ACCESS = "beta", "01058001234"
+#: CDRs past retention the background purge deletes, inserted per round.
+PURGE_BATCH = 300
 
 
 def callee(i: int) -> str:
@@ -63,10 +87,15 @@ def registry() -> dict:
     obtained = "2026-01-05T10:00:00+08:00"
     return {
         "tenants": [{"id": "acme", "name": "ACME", "status": "active",
-                     "outbound_commitment": "CMT-1"}],
+                     "outbound_commitment": "CMT-1"},
+                    {"id": RENTER, "name": "Beta Rentals", "status": "active",
+                     "outbound_commitment": "CMT-2"}],
         "numbers": [{"number": "95512", "tenant": "acme", "carrier": "China Telecom",
                      "purpose": "service", "inbound": True, "outbound": True,
-                     "filing": "BA-1", "filed_on": "2026-01-10"}],
+                     "filing": "BA-1", "filed_on": "2026-01-10"},
+                    {"number": RENTER_ACCESS, "tenant": RENTER, "carrier": "China Mobile",
+                     "purpose": "service", "inbound": True, "outbound": True,
+                     "filing": "BA-2", "filed_on": "2026-01-10"}],
         "trunks": [{"name": "ct-trunk-1", "tenant": "acme", "carrier": "China Telecom",
                     "verified": True, "proof": "TRK-1"}],
         "campaigns": [{"id": "renewals", "tenant": "acme", "purpose": "notification",
@@ -76,6 +105,18 @@ def registry() -> dict:
                       "obtained_at": obtained, "evidence": {"kind": "contract", "ref": f"C-{i}"}}
                      for i in range(CALLEES)],
     }
+
+
+def bench_settings(url: str, workdir: str):  # type: ignore[no-untyped-def]
+    from callwarden.config import parse_settings
+
+    return parse_settings({
+        "store": {"url": url},
+        "recording": {"dir": f"{workdir}/rec"},
+        "frequency": {"per_day": 1000, "per_week": 7000},
+        "logging": {"format": "json", "level": "warning"},
+        "asterisk": {"agi": {"host": "127.0.0.1", "port": 4573}, "ami": None},
+    })
 
 
 # -- the servers (child processes) -------------------------------------------------------------
@@ -100,16 +141,9 @@ def serve_baseline(port_out: mp.Queue) -> None:
 
 def serve_callwarden(port_out: mp.Queue, url: str, workdir: str) -> None:
     from callwarden.agi import AsteriskAdapter
-    from callwarden.config import parse_settings
     from callwarden.service.enforcer import Enforcer
 
-    settings = parse_settings({
-        "store": {"url": url},
-        "recording": {"dir": f"{workdir}/rec"},
-        "frequency": {"per_day": 1000, "per_week": 7000},
-        "logging": {"format": "json", "level": "warning"},
-        "asterisk": {"agi": {"host": "127.0.0.1", "port": 4573}, "ami": None},
-    })
+    settings = bench_settings(url, workdir)
 
     async def main() -> None:
         import structlog
@@ -129,6 +163,7 @@ def prepare_store(url: str) -> None:
     from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
     from callwarden.store.migrate import upgrade
     from callwarden.store.registry import Registry
+    from tests.policing.helpers import insert_calls, telemarketing
 
     engine = make_engine(url)
     upgrade(engine)
@@ -136,6 +171,10 @@ def prepare_store(url: str) -> None:
     with unit_of_work(make_sessionmaker(engine)) as s:
         Registry(s, "bench").import_document(registry())
     engine.dispose()
+    # what the background detector pass finds: 50 minutes of a generated list, another tenant
+    insert_calls(url, telemarketing(RENTER, MONDAY_10AM - dt.timedelta(minutes=50),
+                                    MONDAY_10AM - dt.timedelta(minutes=1), random.Random(81),
+                                    access=RENTER_ACCESS, first=13700000001))
 
 
 def start(target, *args) -> tuple[mp.Process, int]:  # type: ignore[no-untyped-def]
@@ -146,75 +185,346 @@ def start(target, *args) -> tuple[mp.Process, int]:  # type: ignore[no-untyped-d
     return proc, port_out.get(timeout=60)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process, all threads (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the background work (a child process on the same store) -----------------------------------
+
+
+def background_work(url: str, workdir: str, ready: mp.Event, stop: mp.Event, out: mp.Queue) -> None:
+    """Detector passes, reconciliation writes and purges, round after round, until ``stop``.
+    Store time is the bench's (MONDAY_10AM), not the wall clock's."""
+    import structlog
+
+    from callwarden.agi.ami.reconcile import CAUSE_NOT_SEEN
+    from callwarden.policing.runner import Detector
+    from callwarden.service.enforcer import CallEnd, Enforcer
+    from callwarden.service.purge import Purger
+    from callwarden.service.recording_target import LazyTarget
+    from callwarden.store.db import make_engine, make_sessionmaker
+    from tests.policing.helpers import cdr, insert_calls
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(50))
+    settings = bench_settings(url, workdir)
+    detector = Detector(settings, engine=make_engine(url))
+    enforcer = Enforcer(settings)
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    done: Counter = Counter()
+    busy = 0.0
+    # the pass looks at the store as of just before the bench's calls (all at MONDAY_10AM), so
+    # the tenant under load is judged on its seeded history only
+    police_at = MONDAY_10AM - dt.timedelta(seconds=1)
+    stale = MONDAY_10AM - dt.timedelta(days=settings.retention.cdr_days + 30)
+
+    def step(name: str, work) -> None:  # type: ignore[no-untyped-def]
+        """A store failure is counted and the round goes on, as the real callers retry later."""
+        try:
+            work()
+        except Exception as exc:
+            done[f"{name} failed ({type(exc).__name__})"] += 1
+
+    def police() -> None:
+        result = detector.run_pass(now=police_at)
+        done["detector passes"] += 1
+        done["alerts raised"] += len(result.raised)
+
+    def reconcile() -> None:
+        for _call_id, uniqueid in enforcer.open_calls("asterisk", None):
+            if stop.is_set():
+                break
+            enforcer.call_ended(CallEnd(pbx="asterisk", pbx_call_id=uniqueid,
+                                        ended_at=MONDAY_10AM, disposition="UNKNOWN",
+                                        hangup_cause=CAUSE_NOT_SEEN))
+            done["calls reconciled"] += 1
+
+    def purge() -> None:
+        insert_calls(url, [cdr("acme", callee(i), stale, access="95512")
+                           for i in range(PURGE_BATCH)])
+        report = Purger(settings, engine, sessions, LazyTarget(settings), actor="bench-purge",
+                        now=MONDAY_10AM).run()
+        done["purge runs"] += 1
+        done["CDRs purged"] += report.count("cdr", "purged")
+
+    ready.set()
+    while not stop.is_set():
+        t0 = time.monotonic()
+        step("detector pass", police)
+        step("reconciliation", reconcile)
+        step("purge", purge)
+        busy += time.monotonic() - t0
+    done["busy s"] = round(busy, 1)
+    out.put(dict(done))
+    detector.close()
+    detector.engine.dispose()
+    enforcer.engine.dispose()
+    engine.dispose()
+
+
+class Background:
+    """``with Background(url, workdir) as bg:`` runs :func:`background_work` for the block."""
+
+    def __init__(self, url: str | None, workdir: str):
+        self.url, self.workdir = url, workdir
+        self.summary: dict | None = None
+
+    def __enter__(self) -> Background:
+        if self.url is None:
+            return self
+        ctx = mp.get_context("spawn")
+        ready, self._stop, self._out = ctx.Event(), ctx.Event(), ctx.Queue()
+        self._proc = ctx.Process(target=background_work,
+                                 args=(self.url, self.workdir, ready, self._stop, self._out),
+                                 daemon=True)
+        self._proc.start()
+        if not ready.wait(120):
+            raise RuntimeError("the background process did not start")
+        time.sleep(0.2)  # its first detector pass is under way when the load starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.url is None:
+            return
+        self._stop.set()
+        try:
+            self.summary = self._out.get(timeout=120)
+        finally:
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.terminate()
+
+    def describe(self) -> str:
+        if self.summary is None:
+            return ""
+        return "  background: " + ", ".join(f"{k} {v}" for k, v in self.summary.items())
+
+
 # -- the load generator ------------------------------------------------------------------------
 
 
-async def load(port: int, concurrency: int, seconds: float) -> tuple[list[float], Counter]:
+@dataclass
+class Figures:
+    latencies: list[float] = field(default_factory=list)
+    outcomes: Counter = field(default_factory=Counter)
+    started: int = 0
+    skipped: int = 0
+    lag_max: float = 0.0  # how late the generator started a set-up (s)
+
+    def record(self, latency: float, outcome: str) -> None:
+        self.latencies.append(latency)
+        self.outcomes[outcome] += 1
+
+    def mix(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.outcomes.most_common())
+
+
+async def place(pbx: Pbx, port: int, n: int, figures: Figures) -> None:
+    """One outbound set-up; its latency and outcome go into ``figures``."""
+    call = AgiCall(port, script="outbound", args=(callee(n % CALLEES),), pbx=pbx,
+                   variables=VARIABLES, callerid_num="95512", timing=TIMING)
+    started = time.perf_counter()
+    result = await call.run(timeout=15)
+    latency = time.perf_counter() - started
+    pbx.remove_channel(call.channel)
+    if result.timed_out or result.status == "FAILURE":
+        figures.record(latency, "no answer")
+    else:
+        v = result.variables
+        figures.record(latency, v.get("CALLWARDEN_REASONS") or v.get("CALLWARDEN_DECISION") or "none")
+
+
+async def closed_loop(ports: list[int], concurrency: int, seconds: float) -> Figures:
     pbx = Pbx(cel=False)
-    latencies: list[float] = []
-    outcomes: Counter = Counter()
+    figures = Figures()
     deadline = time.monotonic() + seconds
     counter = iter(range(10**9))
 
-    async def worker() -> None:
+    async def worker(port: int) -> None:
         while time.monotonic() < deadline:
-            n = next(counter)
-            call = AgiCall(port, script="outbound", args=(callee(n % CALLEES),), pbx=pbx,
-                           variables=VARIABLES, callerid_num="95512", timing=TIMING)
-            started = time.perf_counter()
-            result = await call.run(timeout=15)
-            latencies.append(time.perf_counter() - started)
-            pbx.channels.clear()
-            if result.timed_out or result.status == "FAILURE":
-                outcomes["no answer"] += 1
-            else:
-                v = result.variables
-                outcomes[v.get("CALLWARDEN_REASONS") or v.get("CALLWARDEN_DECISION") or "none"] += 1
+            await place(pbx, port, next(counter), figures)
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, outcomes
+    await asyncio.gather(*(worker(ports[i % len(ports)]) for i in range(concurrency)))
+    return figures
+
+
+async def open_loop(ports: list[int], rate: float, seconds: float, max_inflight: int) -> Figures:
+    """Set-ups due every 1/rate s from the start, whether or not earlier ones finished."""
+    pbx = Pbx(cel=False)
+    figures = Figures()
+    loop = asyncio.get_running_loop()
+    inflight: set[asyncio.Task[None]] = set()
+    begin = loop.time()
+    n = 0
+    while (due := begin + n / rate) < begin + seconds:
+        wait = due - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        figures.lag_max = max(figures.lag_max, loop.time() - due)
+        if len(inflight) >= max_inflight:
+            figures.skipped += 1
+        else:
+            task = asyncio.create_task(place(pbx, ports[n % len(ports)], n, figures))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+            figures.started += 1
+        n += 1
+    await asyncio.gather(*inflight)
+    return figures
+
+
+async def burst(ports: list[int], size: int) -> Figures:
+    pbx = Pbx(cel=False)
+    figures = Figures(started=size)
+    await asyncio.gather(*(place(pbx, ports[n % len(ports)], n, figures) for n in range(size)))
+    return figures
 
 
 def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def run_levels(servers: dict[str, tuple[mp.Process, int]], seconds: float) -> None:
-    for _, port in servers.values():  # warm up: connections, caches, pages
-        asyncio.run(load(port, 4, 1.0))
-    print(f"{'concurrent':>10} {'server':<11} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}  outcomes")
-    for level in LEVELS:
+def measured(servers: dict[str, tuple[mp.Process, int]], name: str, run) -> tuple[Figures, float | None]:  # type: ignore[no-untyped-def]
+    """Run ``run(ports)`` against one server; also its CPU ms per call placed."""
+    proc, port = servers[name]
+    before = cpu_seconds(proc.pid)
+    figures = asyncio.run(run([port]))
+    after = cpu_seconds(proc.pid)
+    placed = len(figures.latencies)
+    cpu = (after - before) * 1000 / placed if before is not None and after is not None and placed else None
+    return figures, cpu
+
+
+def _cpu(cpu: float | None) -> str:
+    return f"{cpu:>7.2f}" if cpu is not None else f"{'n/a':>7}"
+
+
+def run_levels(servers: dict[str, tuple[mp.Process, int]], levels: list[int], seconds: float) -> None:
+    print(f"\nclosed loop, {seconds:g} s per level and server")
+    print(f"{'concurrent':>10} {'server':<11} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'srv CPU':>7}  outcomes   (srv CPU = server ms CPU per call)")
+    for level in levels:
         figures = {}
-        for name, (_, port) in servers.items():
-            lat, outcomes = asyncio.run(load(port, level, seconds))
-            rate = len(lat) / seconds
-            figures[name] = (rate, pct(lat, 0.5), pct(lat, 0.99))
-            mix = ", ".join(f"{k} {v}" for k, v in outcomes.most_common())
+        for name in servers:
+            f, cpu = measured(servers, name, lambda ports, lv=level: closed_loop(ports, lv, seconds))
+            rate = len(f.latencies) / seconds
+            figures[name] = (rate, pct(f.latencies, 0.5), pct(f.latencies, 0.99), cpu)
             print(f"{level:>10} {name:<11} {rate:>9.0f} {figures[name][1]:>8.2f} "
-                  f"{figures[name][2]:>8.2f}  {mix}")
-        (b_rate, b50, b99), (c_rate, c50, c99) = figures["baseline"], figures["callwarden"]
+                  f"{figures[name][2]:>8.2f} {_cpu(cpu)}  {f.mix()}")
+        (b_rate, b50, b99, bcpu), (c_rate, c50, c99, ccpu) = figures["baseline"], figures["callwarden"]
+        cpu_ratio = f"{ccpu / bcpu:>6.1f}x" if bcpu and ccpu else f"{'':>7}"
         print(f"{'':>10} {'ratio':<11} {c_rate / b_rate:>8.2f}x {c50 / b50:>7.1f}x "
-              f"{c99 / b99:>7.1f}x  (callwarden / baseline)")
+              f"{c99 / b99:>7.1f}x {cpu_ratio}  (callwarden / baseline)")
 
 
-def bench_backend(label: str, url: str, workdir: str, seconds: float) -> None:
+def run_open(servers: dict[str, tuple[mp.Process, int]], rate: float, seconds: float,
+             max_inflight: int, background: Background) -> None:
+    print(f"\nopen loop: {rate:g} set-ups/s for {seconds:g} s, at most {max_inflight} in flight"
+          + (" (background work on the store)" if background.url else ""))
+    print(f"{'server':<11} {'started':>8} {'done/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+          f"{'skipped':>8} {'gen lag':>8} {'srv CPU':>7}  outcomes")
+    for name in servers:
+        with Background(background.url if name == "callwarden" else None, background.workdir) as bg:
+            f, cpu = measured(servers, name, lambda ports: open_loop(ports, rate, seconds, max_inflight))
+        print(f"{name:<11} {f.started:>8} {len(f.latencies) / seconds:>8.0f} "
+              f"{pct(f.latencies, 0.5):>8.2f} {pct(f.latencies, 0.99):>8.2f} "
+              f"{pct(f.latencies, 1.0):>8.1f} {f.skipped:>8} {f.lag_max * 1000:>7.0f}ms {_cpu(cpu)}"
+              f"  {f.mix()}; POLICY_UNAVAILABLE {f.outcomes['POLICY_UNAVAILABLE']}")
+        if bg.summary:
+            print(bg.describe())
+
+
+def run_burst(servers: dict[str, tuple[mp.Process, int]], size: int, background: Background) -> None:
+    print(f"\nburst: {size} set-ups at the same instant"
+          + (" (background work on the store)" if background.url else ""))
+    print(f"{'server':<11} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'srv CPU':>7}  outcomes")
+    for name in servers:
+        with Background(background.url if name == "callwarden" else None, background.workdir) as bg:
+            f, cpu = measured(servers, name, lambda ports: burst(ports, size))
+        print(f"{name:<11} {pct(f.latencies, 0.5):>8.2f} {pct(f.latencies, 0.99):>8.2f} "
+              f"{pct(f.latencies, 1.0):>8.1f} {_cpu(cpu)}  {f.mix()}; "
+              f"POLICY_UNAVAILABLE {f.outcomes['POLICY_UNAVAILABLE']}")
+        if bg.summary:
+            print(bg.describe())
+
+
+def run_nodes(url: str, workdir: str, nodes: int, concurrency: int, seconds: float,
+              first: tuple[mp.Process, int]) -> None:
+    """Closed loop at ``concurrency`` on one node, then split over ``nodes`` nodes."""
+    extra = [start(serve_callwarden, url, workdir) for _ in range(nodes - 1)]
+    try:
+        ports = [first[1]] + [port for _, port in extra]
+        asyncio.run(closed_loop(ports, 4 * nodes, 1.0))  # warm up the new nodes
+        print(f"\nnodes: callwarden servers sharing the store, closed loop at {concurrency} "
+              f"concurrent calls split between them, {seconds:g} s each")
+        print(f"{'nodes':>6} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}  outcomes")
+        rates = {}
+        for count in (1, nodes):
+            f = asyncio.run(closed_loop(ports[:count], concurrency, seconds))
+            rates[count] = len(f.latencies) / seconds
+            print(f"{count:>6} {rates[count]:>9.0f} {pct(f.latencies, 0.5):>8.2f} "
+                  f"{pct(f.latencies, 0.99):>8.2f}  {f.mix()}")
+        print(f"{'ratio':>6} {rates[nodes] / rates[1]:>8.2f}x  ({nodes} nodes / 1 node; "
+              f"{os.cpu_count()} CPUs on this machine, shared with the load generator)")
+    finally:
+        for proc, _ in extra:
+            proc.terminate()
+
+
+def bench_backend(label: str, url: str, workdir: str, args: argparse.Namespace) -> None:
     prepare_store(url)
     servers = {"baseline": start(serve_baseline), "callwarden": start(serve_callwarden, url, workdir)}
     try:
         print(f"\nFastAGI outbound route, {os.cpu_count()} CPUs, {label} store with {CALLEES} "
-              f"consented callees; {seconds:g} s per level; latency = whole AGI session "
-              "(connect -> server closes)")
-        run_levels(servers, seconds)
+              "consented callees; latency = whole AGI session (connect -> server closes)")
+        for _, port in servers.values():  # warm up: connections, caches, pages
+            asyncio.run(closed_loop([port], 4, 1.0))
+        background = Background(url if args.background else None, workdir)
+        if args.levels:
+            run_levels(servers, args.levels, args.seconds)
+        if args.rate:
+            run_open(servers, args.rate, args.duration, args.max_inflight, background)
+        if args.burst:
+            run_burst(servers, args.burst, background)
+        if args.nodes > 1:
+            if url.startswith("sqlite"):
+                print("\n--nodes: PostgreSQL only (SQLite is one node's embedded store)")
+            else:
+                run_nodes(url, workdir, args.nodes, args.nodes_concurrency, args.seconds,
+                          servers["callwarden"])
     finally:
         for proc, _ in servers.values():
             proc.terminate()
 
 
+def _levels(text: str) -> list[int]:
+    return [] if text in ("", "none") else [int(x) for x in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=6.0, help="per level and server")
+    parser.add_argument("--seconds", type=float, default=6.0,
+                        help="per closed-loop level and server (and per --nodes run)")
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--levels", type=_levels, default=[1, 50, 200],
+                        help="closed-loop concurrency levels, comma-separated, or 'none'")
+    parser.add_argument("--rate", type=float, default=0.0, help="open loop: set-ups per second")
+    parser.add_argument("--duration", type=float, default=60.0, help="open loop: seconds")
+    parser.add_argument("--max-inflight", type=int, default=1000,
+                        help="open loop: set-ups in flight at most (more are skipped)")
+    parser.add_argument("--burst", type=int, default=0, help="simultaneous set-ups")
+    parser.add_argument("--background", action="store_true",
+                        help="detector pass + reconciliation writes + purge during --rate/--burst")
+    parser.add_argument("--nodes", type=int, default=1, help="PostgreSQL: callwarden servers")
+    parser.add_argument("--nodes-concurrency", type=int, default=50)
     args = parser.parse_args()
 
     from sqlalchemy import create_engine, text
@@ -222,8 +532,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_agi_") as workdir:
         for backend in args.backends.split(","):
             if backend == "sqlite":
-                bench_backend("SQLite (WAL)", f"sqlite:///{workdir}/callwarden.db", workdir,
-                              args.seconds)
+                bench_backend("SQLite (WAL)", f"sqlite:///{workdir}/callwarden.db", workdir, args)
                 continue
             schema = "bench_agi_" + uuid.uuid4().hex[:8]
             admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
@@ -231,7 +540,7 @@ def main() -> None:
                 c.execute(text(f'CREATE SCHEMA "{schema}"'))
             try:
                 bench_backend("PostgreSQL", f"{PG_URL}?options=-csearch_path%3D{schema}", workdir,
-                              args.seconds)
+                              args)
             finally:
                 with admin.connect() as c:
                     c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))

@@ -6,7 +6,7 @@ and has no deadline for the conversation; Asterisk itself never times a FastAGI 
 out once connected. This handler bounds all of it:
 
 * at most ``max_sessions`` conversations at once; more are closed on arrival;
-* the environment block: size, line count and format checked, each read timed;
+* the environment block: size, line count and format checked, read within one deadline;
 * every command reply: a line-length limit and a timeout (see AgiSession);
 * the whole conversation: ``session_timeout_s``, enforced here.
 
@@ -19,6 +19,7 @@ dropping the connection with one log line; nothing escapes the handler.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from panoramisk.fast_agi import Application
@@ -113,7 +114,9 @@ class FastAgiServer(Application):
         finally:
             self.active -= 1
             self.served += 1
-            if report is not None:
+            if session is not None:
+                session.close()
+            if report is not None and log.is_enabled_for(logging.INFO):  # fields() costs
                 log.info("agi_call", **report.fields(),
                          session_ms=round((time.monotonic() - started) * 1000, 2),
                          commands=session.commands if session else 0)
@@ -161,6 +164,8 @@ async def _close(writer: asyncio.StreamWriter, *, abort: bool) -> None:
             writer.transport.abort()
             return
         writer.close()
+        if not writer.transport.get_write_buffer_size():
+            return  # nothing left to send: the socket closes on the loop's next turn
         async with asyncio.timeout(1.0):
             await writer.wait_closed()
     except (TimeoutError, OSError):

@@ -4,8 +4,12 @@ panoramisk's ``Request.send_command`` reads one line per command with no timeout
 extra line for a multi-line ``520`` usage error (Asterisk sends several), and returns the
 unsolicited ``HANGUP`` line as if it were the reply, after which every later reply is off by
 one. This subclass keeps panoramisk's request object (headers, reader, writer) and replaces the
-command round trip: one bounded read per line, ``HANGUP`` noted and skipped, ``100 Trying``
+command round trip: a bounded wait per command, ``HANGUP`` noted and skipped, ``100 Trying``
 skipped, ``520-`` read to its end.
+
+Every round trip costs CPU on both sides, so channel values are read together in one
+``GET FULL VARIABLE`` (see :meth:`AgiSession.get_variables`), and the per-command deadline is
+one lazily re-armed timer per session rather than a timer object per command.
 """
 
 from __future__ import annotations
@@ -24,16 +28,26 @@ from callwarden.agi.wire import (
     read_line,
 )
 
+#: Joins the values of one ``GET FULL VARIABLE``. Values come from the dialplan and may hold
+#: anything, so nothing is assumed: a value containing it splits into too many parts, and the
+#: values are then read one by one.
+VALUE_SEPARATOR = "|~|"
+
 
 class AgiSession(Request):
     """Commands to Asterisk over one FastAGI connection, each bounded by ``command_timeout``."""
 
     def __init__(self, app: object, headers: Mapping[str, str], reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, *, command_timeout: float):
-        super().__init__(app, dict(headers), reader, writer, encoding="utf-8")
+        super().__init__(app, headers, reader, writer, encoding="utf-8")
         self.command_timeout = command_timeout
         self.hung_up = False  # Asterisk said HANGUP: the channel is gone, the socket is not
         self.commands = 0
+        self._loop = asyncio.get_running_loop()
+        self._deadline: float | None = None  # loop time by which the pending reply is due
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[object] | None = None
+        self._expired = False
 
     # -- environment ---------------------------------------------------------------------
 
@@ -70,17 +84,48 @@ class AgiSession(Request):
     # -- commands ------------------------------------------------------------------------
 
     async def send_command(self, command: str) -> AgiReply:  # type: ignore[override]
-        """Send one command line and return its reply."""
+        """Send one command line and return its reply, within ``command_timeout`` seconds
+        (TimeoutError otherwise)."""
         if "\n" in command or "\r" in command:
             raise ValueError("an AGI command is one line")
-        self.writer.write(command.encode("utf-8") + b"\n")
-        async with asyncio.timeout(self.command_timeout):
+        self._deadline = self._loop.time() + self.command_timeout
+        self._task = asyncio.current_task()
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(self._deadline, self._check_deadline)
+        try:
+            self.writer.write(command.encode("utf-8") + b"\n")
             await self.writer.drain()
             self.commands += 1
             return await self._read_reply()
+        except asyncio.CancelledError:
+            if self._expired and self._task is not None:
+                self._expired = False
+                self._task.uncancel()
+                raise TimeoutError(f"no reply within {self.command_timeout:g} s") from None
+            raise
+        finally:
+            self._deadline = None
+
+    def _check_deadline(self) -> None:
+        """The watchdog: one timer per session, moved on to the pending reply's deadline
+        instead of one timer per command. Cancels the waiting task when a reply is late."""
+        self._watchdog = None
+        if self._deadline is None or self._task is None or self._task.done():
+            return  # nothing pending: the next command arms it again
+        if self._loop.time() < self._deadline:
+            self._watchdog = self._loop.call_at(self._deadline, self._check_deadline)
+            return
+        self._expired = True
+        self._task.cancel()
+
+    def close(self) -> None:
+        """Stop the watchdog (the conversation is over)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     async def _read_reply(self) -> AgiReply:
-        """Lines until the reply; send_command's timeout bounds the whole wait."""
+        """Lines until the reply; send_command's deadline bounds the whole wait."""
         while True:
             line = self._text(await read_line(self.reader, None))
             if line == "HANGUP":
@@ -112,6 +157,24 @@ class AgiSession(Request):
         if reply.ok and reply.result == 1:
             return reply.data if reply.data is not None else ""
         return None
+
+    async def get_variables(self, *names: str) -> list[str | None]:
+        """Several channel variables or function values in one round trip; unset and empty
+        both read as None.
+
+        One ``GET FULL VARIABLE "${A}|~|${B}..."`` (the captures show Asterisk expanding such
+        an expression, quoted, with several ``${...}`` in it). An answer that does not split
+        into one part per name (a value holding the separator) or that is not
+        ``200 result=1`` is not trusted: the values are then read one by one.
+        """
+        if len(names) > 1:
+            expression = VALUE_SEPARATOR.join(f"${{{name}}}" for name in names)
+            reply = await self.send_command(f"GET FULL VARIABLE {quote(expression)}")
+            if reply.ok and reply.result == 1 and reply.data is not None:
+                parts = reply.data.split(VALUE_SEPARATOR)
+                if len(parts) == len(names):
+                    return [part or None for part in parts]
+        return [(await self.get_variable(name)) or None for name in names]
 
     async def set_variable(self, name: str, value: str) -> AgiReply:
         return await self.send_command(f"SET VARIABLE {name} {quote(value)}")

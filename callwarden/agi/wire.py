@@ -31,6 +31,7 @@ MAX_USAGE_LINES = 64
 _ENV_LINE = re.compile(r"agi_[a-z0-9_]{1,40}: [^\x00-\x08\x0a-\x1f\x7f]*")
 _REPLY_200 = re.compile(r"200 result=(-?\d*)(?: (.*))?")
 _SAFE_VALUE = re.compile(r"[^\x00-\x1f\x7f\"\\]*")
+_REPLY_CODE = re.compile(r"(\d{3})[ -].*|(\d{3})")
 
 
 class AgiProtocolError(Exception):
@@ -62,9 +63,15 @@ class AgiReply:
 async def read_line(reader: asyncio.StreamReader, timeout: float | None) -> bytes:
     """One ``\\n``-terminated line (without it), within ``timeout`` seconds (None: the caller
     bounds the wait) and MAX_LINE_BYTES."""
+    if timeout is None:  # no timer per line: the caller's deadline covers it
+        return await _read_line(reader)
+    async with asyncio.timeout(timeout):
+        return await _read_line(reader)
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes:
     try:
-        async with asyncio.timeout(timeout):
-            line = await reader.readuntil(b"\n")
+        line = await reader.readuntil(b"\n")
     except asyncio.IncompleteReadError as exc:
         if exc.partial:
             raise AgiProtocolError(f"connection closed inside a line ({len(exc.partial)} bytes)") from None
@@ -84,35 +91,38 @@ def _decode(raw: bytes, what: str) -> str:
 
 
 async def read_environment(reader: asyncio.StreamReader, read_timeout: float) -> dict[str, str]:
-    """The ``agi_*: value`` block up to its empty line, validated line by line."""
+    """The ``agi_*: value`` block up to its empty line, validated line by line, all of it
+    within ``read_timeout`` seconds (Asterisk sends it at once; one timer, not one per line)."""
     env: dict[str, str] = {}
     total = 0
-    while True:
-        try:
-            raw = await read_line(reader, read_timeout)
-        except TimeoutError:
-            what = "nothing" if total == 0 else f"an unfinished environment block ({total} bytes)"
-            raise AgiProtocolError(f"peer sent {what} within {read_timeout:g} s") from None
-        except PeerGone:
-            if total == 0:
-                raise
-            raise AgiProtocolError("connection closed inside the environment block") from None
-        total += len(raw) + 1
-        if total > MAX_ENV_BYTES:
-            raise AgiProtocolError(f"environment block longer than {MAX_ENV_BYTES} bytes")
-        if raw.endswith(b"\r"):  # tolerate CRLF peers; Asterisk itself sends bare LF
-            raw = raw[:-1]
-        if not raw:
-            if not env:
-                raise AgiProtocolError("empty environment block")
-            return env
-        line = _decode(raw, "environment line")
-        if not _ENV_LINE.fullmatch(line):
-            raise AgiProtocolError("environment line is not 'agi_<name>: <value>'")
-        if len(env) >= MAX_ENV_LINES:
-            raise AgiProtocolError(f"more than {MAX_ENV_LINES} environment lines")
-        key, value = line.split(": ", 1)
-        env[key] = value
+    try:
+        async with asyncio.timeout(read_timeout):
+            while True:
+                try:
+                    raw = await _read_line(reader)
+                except PeerGone:
+                    if total == 0:
+                        raise
+                    raise AgiProtocolError("connection closed inside the environment block") from None
+                total += len(raw) + 1
+                if total > MAX_ENV_BYTES:
+                    raise AgiProtocolError(f"environment block longer than {MAX_ENV_BYTES} bytes")
+                if raw.endswith(b"\r"):  # tolerate CRLF peers; Asterisk itself sends bare LF
+                    raw = raw[:-1]
+                if not raw:
+                    if not env:
+                        raise AgiProtocolError("empty environment block")
+                    return env
+                line = _decode(raw, "environment line")
+                if not _ENV_LINE.fullmatch(line):
+                    raise AgiProtocolError("environment line is not 'agi_<name>: <value>'")
+                if len(env) >= MAX_ENV_LINES:
+                    raise AgiProtocolError(f"more than {MAX_ENV_LINES} environment lines")
+                key, value = line.split(": ", 1)
+                env[key] = value
+    except TimeoutError:
+        what = "nothing" if total == 0 else f"an unfinished environment block ({total} bytes)"
+        raise AgiProtocolError(f"peer sent {what} within {read_timeout:g} s") from None
 
 
 def parse_reply_line(line: str) -> AgiReply:
@@ -126,7 +136,7 @@ def parse_reply_line(line: str) -> AgiReply:
         rest = (m.group(2) or "").strip()
         data = rest[1:-1] if rest.startswith("(") and rest.endswith(")") else None
         return AgiReply(200, result, data, line)
-    m = re.fullmatch(r"(\d{3})[ -].*|(\d{3})", line)
+    m = _REPLY_CODE.fullmatch(line)
     if not m:
         raise AgiProtocolError("reply does not start with a 3-digit code")
     return AgiReply(int(m.group(1) or m.group(2)), None, None, line)

@@ -1,13 +1,14 @@
 """The PBX side of FastAGI, as Asterisk's ``AGI(agi://host:port/outbound,<callee>)`` plays it:
 send the ``agi_*`` environment block, then answer each command the server sends until it
-closes the connection. Just enough of Asterisk for the demo's calls (channel variables,
-``CALLERPRES()``, MixMonitor, Hangup)."""
+closes the connection. Just enough of Asterisk for the demo's calls (channel variables, also
+several at once by ``GET FULL VARIABLE``, ``CALLERPRES()``, MixMonitor, Hangup)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -96,6 +97,11 @@ def _answer(command: str, channel_vars: dict[str, str], outcome: AgiOutcome) -> 
         name = words[2]
         value = outcome.variables.get(name, channel_vars.get(name))
         return "200 result=0" if value is None else f"200 result=1 ({value})"
+    if upper == ["GET", "FULL"] and len(words) == 4 and words[2].upper() == "VARIABLE":
+        def value_of(m: re.Match[str]) -> str:  # an unset variable expands to nothing
+            return outcome.variables.get(m[1], channel_vars.get(m[1], ""))
+
+        return f"200 result=1 ({re.sub(r'[$][{]([^}]*)[}]', value_of, words[3])})"
     if upper == ["SET", "VARIABLE"] and len(words) == 4:
         outcome.variables[words[2]] = words[3]
         return "200 result=1"

@@ -27,7 +27,7 @@ STORE_DIRNAME = "store"
 
 _MAX_ID_BYTES = 200  # leaves room for ".ext" and temp-file decorations under NAME_MAX (255)
 _EXT_RE = re.compile(r"[A-Za-z0-9]{1,16}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _check_component(value: object, what: str) -> str:
@@ -41,7 +41,7 @@ def _check_component(value: object, what: str) -> str:
         raise ValueError(f"{what} must not start with '.' (no '.', '..' or hidden names)")
     if "/" in value or "\\" in value:
         raise ValueError(f"{what} must not contain a path separator")
-    if _CONTROL.search(value):
+    if _CONTROL_RE.search(value):  # a regex, not a loop per character: on every call set-up
         raise ValueError(f"{what} must not contain NUL or control characters")
     if len(value.encode("utf-8", "surrogatepass")) > _MAX_ID_BYTES:
         raise ValueError(f"{what} is longer than {_MAX_ID_BYTES} bytes")

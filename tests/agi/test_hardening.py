@@ -78,7 +78,7 @@ def test_peer_that_stops_answering_commands_hits_the_session_deadline(make_setti
             async with rig(make_settings, url, with_ami=False,
                            asterisk={"agi": {"session_timeout_s": 1}}) as r:
                 received, took = await raw_peer(r.port, ENV, read_for=5)
-        assert received.startswith(b"GET VARIABLE CALLWARDEN_TENANT\n")
+        assert received.startswith(b'GET FULL VARIABLE "${CALLWARDEN_TENANT}|~|')
         assert 0.4 < took < 2.5  # route budget (0.5 s) + failure grace, far from the 5 s read
         failed = [e for e in logs if e["event"] == "agi_route_failed"]
         assert len(failed) == 1 and failed[0]["error"] == "timed out"

@@ -164,17 +164,21 @@ def test_caller_hanging_up_mid_conversation_is_handled(make_settings, seeded_url
 
     async def body() -> None:
         async with rig(make_settings, seeded_url) as r:
-            result = await r.agi_call(far_end_hangup_after_commands=2).run(timeout=10)
+            early = r.agi_call()
+            early.far_end_hangup()  # HANGUP comes before the reply to the first command
+            result = await early.run(timeout=10)
             assert result.hangup_sent >= 1 and result.server_closed and not result.timed_out
+            assert result.commands[0].startswith("GET FULL VARIABLE")
             # the route noticed the hangup and made no decision for a call that cannot happen
             assert not any(c.startswith(("EXEC", "SET")) for c in result.commands)
+            assert r.call_row(early.channel.uniqueid) is None
             # after the decision: the HANGUP line comes with MixMonitor's reply, so the call
             # (which can no longer go out) is stored as denied RECORDING_UNAVAILABLE
-            late = r.agi_call(far_end_hangup_after_commands=6)
+            late = r.agi_call(far_end_hangup_after_commands=1)
             result = await late.run(timeout=10)
             v = result.variables
             assert (v["CALLWARDEN_DECISION"], v["CALLWARDEN_REASONS"]) == ("deny", "RECORDING_UNAVAILABLE")
-            assert result.commands[6].startswith("EXEC MixMonitor")
+            assert result.commands[1].startswith("EXEC MixMonitor")
             assert not any(c.startswith("EXEC Hangup") for c in result.commands)  # already gone
             row = r.call_row(late.channel.uniqueid)
             assert (row.call_id, row.decision) == (v["CALLWARDEN_CALL_ID"], "deny")
@@ -212,5 +216,32 @@ def test_unknown_route_sets_nothing_and_closes(make_settings, seeded_url) -> Non
             # the query string is not part of the route name (agi_network_script keeps it)
             result = await r.agi_call("outbound?lead=7").run(timeout=10)
             assert result.variables["CALLWARDEN_DECISION"] == "allow"
+
+    run(body())
+
+
+def test_channel_values_are_read_in_one_round_trip(make_settings, seeded_url) -> None:
+    """Six channel values in one GET FULL VARIABLE; a value holding the separator makes the
+    route read them one by one rather than trust a split that cannot be right."""
+
+    async def body() -> None:
+        async with rig(make_settings, seeded_url, with_ami=False) as r:
+            result = await r.agi_call().run(timeout=10)
+            assert result.variables["CALLWARDEN_DECISION"] == "allow"
+            assert result.commands[0] == (
+                'GET FULL VARIABLE "${CALLWARDEN_TENANT}|~|${CALLWARDEN_TRUNK}|~|'
+                '${CALLWARDEN_CAMPAIGN}|~|${CALLWARDEN_PURPOSE}|~|${CALLERID(num)}|~|'
+                '${CALLERPRES()}"')
+            assert [c.split(" ", 2)[:2] for c in result.commands[1:]] == [
+                ["EXEC", "MixMonitor"], ["GET", "VARIABLE"]] + [["SET", "VARIABLE"]] * 4
+
+            odd = r.agi_call(variables={"CALLWARDEN_CAMPAIGN": "renewals|~|x"})
+            result = await odd.run(timeout=10)
+            assert result.commands[0].startswith("GET FULL VARIABLE")
+            assert result.commands[1:7] == [
+                "GET VARIABLE CALLWARDEN_TENANT", "GET VARIABLE CALLWARDEN_TRUNK",
+                "GET VARIABLE CALLWARDEN_CAMPAIGN", "GET VARIABLE CALLWARDEN_PURPOSE",
+                "GET VARIABLE CALLERID(num)", "GET VARIABLE CALLERPRES()"]
+            assert r.call_row(odd.channel.uniqueid).campaign == "renewals|~|x"
 
     run(body())

@@ -17,14 +17,15 @@ _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/@+=~-]+", re.ASCII)
 
 
 async def read_variables(session: AgiSession, *names: str) -> dict[str, str | None]:
-    """Channel variables by name; unset and empty both read as None."""
-    return {name: (await session.get_variable(name)) or None for name in names}
+    """Channel variables by name, in one round trip; unset and empty both read as None."""
+    return dict(zip(names, await session.get_variables(*names), strict=True))
 
 
-async def caller_hidden(session: AgiSession) -> bool:
-    """Presentation restricted or unavailable, by ``CALLERPRES()`` now or at AGI start."""
-    pres = await session.get_variable("CALLERPRES()")
-    return is_hidden_presentation(pres) or is_hidden_presentation(session.env("agi_callingpres"))
+def caller_hidden(session: AgiSession, callerpres: str | None) -> bool:
+    """Presentation restricted or unavailable, by ``CALLERPRES()`` now (read by the route with
+    its other values) or at AGI start."""
+    return (is_hidden_presentation(callerpres)
+            or is_hidden_presentation(session.env("agi_callingpres")))
 
 
 def mixmonitor_file(ctx: RouteContext, relpath: str) -> str:
@@ -53,7 +54,7 @@ async def start_mixmonitor(session: AgiSession, path: str) -> str | None:
     if reply.result != 0:
         return f"MixMonitor failed (result={reply.result})"
     filename = await session.get_variable("MIXMONITOR_FILENAME")
-    if filename is None or Path(filename) != Path(path):
+    if filename is None or (filename != path and Path(filename) != Path(path)):
         return "MIXMONITOR_FILENAME does not name the requested file"
     return None
 

@@ -35,8 +35,10 @@ _POLICY_UNAVAILABLE = denial("POLICY_UNAVAILABLE")
     ("CALLWARDEN_HANGUPCAUSE", str(_POLICY_UNAVAILABLE.hangup_cause_code)),
 ))
 async def outbound(session: AgiSession, ctx: RouteContext, report: CallReport) -> None:
-    values = await read_variables(session, *VARIABLES, "CALLERID(num)")
-    hidden = await caller_hidden(session)
+    # CALLERID(num) and CALLERPRES() as they are now (the environment has them as at AGI
+    # start): in the same round trip as the rest, so keeping them costs nothing.
+    values = await read_variables(session, *VARIABLES, "CALLERID(num)", "CALLERPRES()")
+    hidden = caller_hidden(session, values["CALLERPRES()"])
     report.tenant = values["CALLWARDEN_TENANT"]
     report.caller = values["CALLERID(num)"]
     report.callee = session.arg(1) or session.env("agi_extension")
