@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,6 +98,10 @@ class AsteriskAdapter:
         except Exception as exc:
             log.warning("store_warm_up_failed", error=type(exc).__name__,
                         note="the first calls may be slower; they still fail closed")
+        # Everything loaded by now (modules, compiled statements, the registry) is kept for the
+        # life of the process: frozen out of the collector, a full collection during a burst
+        # no longer walks it (measured: 70-90 ms stalls of the event loop before, on PostgreSQL).
+        gc.freeze()
 
     async def stop(self) -> None:
         """Stop accepting calls, let conversations in progress finish (each is bounded by

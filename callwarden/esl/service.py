@@ -5,6 +5,7 @@ with the standard library monkey-patched (``callwarden.esl.process`` does that).
 from __future__ import annotations
 
 import datetime as dt
+import gc
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -90,6 +91,7 @@ class FreeswitchService:
         except Exception as exc:
             log.warning("store_warm_up_failed", error=type(exc).__name__,
                         note="the first calls may be slower; they still fail closed")
+        gc.freeze()  # as callwarden.agi.adapter: no full collection walks start-up objects
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking calls; calls in progress and the listener's queued work get ``grace_s``
