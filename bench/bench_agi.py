@@ -23,7 +23,8 @@ Modes (all print the baseline beside callwarden, from the same run; no assertion
   another tenant's telemarketing so that it raises alerts), the store writes an AMI-less
   reconciliation makes (``Enforcer.open_calls`` then ``Enforcer.call_ended`` for each open
   call, as ``agi/ami/reconcile.py`` does for channels gone), and a retention purge
-  (``Purger.run`` over CDRs past retention, inserted as it goes), over and over;
+  (``Purger.run`` over CDRs past retention, inserted as it goes), over and over
+  (``--background-every S``: one round every S seconds instead of back to back);
 * ``--nodes 2`` (PostgreSQL): two callwarden server processes on one store, the closed-loop
   load at ``--nodes-concurrency`` split between them, against one node.
 
@@ -197,7 +198,8 @@ def cpu_seconds(pid: int) -> float | None:
 # -- the background work (a child process on the same store) -----------------------------------
 
 
-def background_work(url: str, workdir: str, ready: mp.Event, stop: mp.Event, out: mp.Queue) -> None:
+def background_work(url: str, workdir: str, ready: mp.Event, stop: mp.Event, out: mp.Queue,
+                    every: float = 0.0) -> None:
     """Detector passes, reconciliation writes and purges, round after round, until ``stop``.
     Store time is the bench's (MONDAY_10AM), not the wall clock's."""
     import structlog
@@ -259,6 +261,8 @@ def background_work(url: str, workdir: str, ready: mp.Event, stop: mp.Event, out
         step("reconciliation", reconcile)
         step("purge", purge)
         busy += time.monotonic() - t0
+        if every:  # a round every `every` s, as a site's timers run them; 0: back to back
+            stop.wait(max(0.0, every - (time.monotonic() - t0)))
     done["busy s"] = round(busy, 1)
     out.put(dict(done))
     detector.close()
@@ -270,8 +274,8 @@ def background_work(url: str, workdir: str, ready: mp.Event, stop: mp.Event, out
 class Background:
     """``with Background(url, workdir) as bg:`` runs :func:`background_work` for the block."""
 
-    def __init__(self, url: str | None, workdir: str):
-        self.url, self.workdir = url, workdir
+    def __init__(self, url: str | None, workdir: str, every: float = 0.0):
+        self.url, self.workdir, self.every = url, workdir, every
         self.summary: dict | None = None
 
     def __enter__(self) -> Background:
@@ -280,7 +284,8 @@ class Background:
         ctx = mp.get_context("spawn")
         ready, self._stop, self._out = ctx.Event(), ctx.Event(), ctx.Queue()
         self._proc = ctx.Process(target=background_work,
-                                 args=(self.url, self.workdir, ready, self._stop, self._out),
+                                 args=(self.url, self.workdir, ready, self._stop, self._out,
+                                       self.every),
                                  daemon=True)
         self._proc.start()
         if not ready.wait(120):
@@ -432,7 +437,8 @@ def run_open(servers: dict[str, tuple[mp.Process, int]], rate: float, seconds: f
     print(f"{'server':<11} {'started':>8} {'done/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'skipped':>8} {'gen lag':>8} {'srv CPU':>7}  outcomes")
     for name in servers:
-        with Background(background.url if name == "callwarden" else None, background.workdir) as bg:
+        with Background(background.url if name == "callwarden" else None, background.workdir,
+                        background.every) as bg:
             f, cpu = measured(servers, name, lambda ports: open_loop(ports, rate, seconds, max_inflight))
         print(f"{name:<11} {f.started:>8} {len(f.latencies) / seconds:>8.0f} "
               f"{pct(f.latencies, 0.5):>8.2f} {pct(f.latencies, 0.99):>8.2f} "
@@ -447,7 +453,8 @@ def run_burst(servers: dict[str, tuple[mp.Process, int]], size: int, background:
           + (" (background work on the store)" if background.url else ""))
     print(f"{'server':<11} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'srv CPU':>7}  outcomes")
     for name in servers:
-        with Background(background.url if name == "callwarden" else None, background.workdir) as bg:
+        with Background(background.url if name == "callwarden" else None, background.workdir,
+                        background.every) as bg:
             f, cpu = measured(servers, name, lambda ports: burst(ports, size))
         print(f"{name:<11} {pct(f.latencies, 0.5):>8.2f} {pct(f.latencies, 0.99):>8.2f} "
               f"{pct(f.latencies, 1.0):>8.1f} {_cpu(cpu)}  {f.mix()}; "
@@ -487,7 +494,8 @@ def bench_backend(label: str, url: str, workdir: str, args: argparse.Namespace) 
               "consented callees; latency = whole AGI session (connect -> server closes)")
         for _, port in servers.values():  # warm up: connections, caches, pages
             asyncio.run(closed_loop([port], 4, 1.0))
-        background = Background(url if args.background else None, workdir)
+        background = Background(url if args.background else None, workdir,
+                                args.background_every)
         if args.levels:
             run_levels(servers, args.levels, args.seconds)
         if args.rate:
@@ -523,6 +531,9 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=0, help="simultaneous set-ups")
     parser.add_argument("--background", action="store_true",
                         help="detector pass + reconciliation writes + purge during --rate/--burst")
+    parser.add_argument("--background-every", type=float, default=0.0,
+                        help="seconds from one background round's start to the next (0: back "
+                             "to back, a whole CPU of store writes)")
     parser.add_argument("--nodes", type=int, default=1, help="PostgreSQL: callwarden servers")
     parser.add_argument("--nodes-concurrency", type=int, default=50)
     args = parser.parse_args()

@@ -93,8 +93,9 @@ def serve_floor(kind: str, port: int) -> None:
 # -- the store load (a process of its own; never imports gevent) -----------------------------
 
 
-def store_load(url: str, at_iso: str) -> None:
-    """Detector passes and purges back to back on ``url`` until stdin closes; prints counts."""
+def store_load(url: str, at_iso: str, every: float = 0.0) -> None:
+    """Detector passes and purges on ``url`` until stdin closes, a round every ``every`` s
+    (0: back to back); prints counts."""
     import datetime as dt
     import random
     import select
@@ -122,6 +123,7 @@ def store_load(url: str, at_iso: str) -> None:
     first = 13700000001
     print("READY 0", flush=True)
     while not select.select([sys.stdin], [], [], 0)[0]:
+        started = time.monotonic()
         # A list-dialling tenant (beta, the example registry's second) for the pass to find.
         rows = telemarketing("beta", at - dt.timedelta(minutes=50), at - dt.timedelta(minutes=1),
                              rng, access="01058001234", per_minute=30, first=first)
@@ -137,7 +139,7 @@ def store_load(url: str, at_iso: str) -> None:
         report = Purger(settings, engine, make_sessionmaker(engine), LazyTarget(settings),
                         actor="bench").run()
         purged += sum(c.get("purged", 0) for c in report.summary().values())
-        time.sleep(0.05)
+        select.select([sys.stdin], [], [], max(0.05, every - (time.monotonic() - started)))
     print(f"{passes} {alerts} {purged}", flush=True)
     engine.dispose()
 
@@ -189,6 +191,9 @@ def main() -> None:
                              "thread per call: far beyond this it is its own bottleneck)")
     parser.add_argument("--backends", default="sqlite", help="sqlite,postgresql")
     parser.add_argument("--servers", default="stock,floor,full")
+    parser.add_argument("--store-load-every", type=float, default=0.0,
+                        help="seconds from one store-load round's start to the next (0: back to "
+                             "back)")
     parser.add_argument("--store-load", action="store_true",
                         help="detector passes and purges against the store during full runs")
     parser.add_argument("--detector-thread", action="store_true",
@@ -421,7 +426,8 @@ def main() -> None:
 
     class StoreLoad:
         def __init__(self, url: str):
-            self.proc = subprocess.Popen([sys.executable, __file__, "--store-load-on", url, at],
+            self.proc = subprocess.Popen([sys.executable, __file__, "--store-load-on", url, at,
+                                          str(args.store_load_every)],
                                          cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=(work / "store-load.log").open("w"), text=True,
                                          env={**os.environ, "PYTHONPATH": str(root)})
@@ -528,6 +534,6 @@ if __name__ == "__main__":
     elif "--store-load-on" in sys.argv:
         i = sys.argv.index("--store-load-on")
         sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-        store_load(sys.argv[i + 1], sys.argv[i + 2])
+        store_load(sys.argv[i + 1], sys.argv[i + 2], float(sys.argv[i + 3]))
     else:
         main()

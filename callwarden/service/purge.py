@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import Engine, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -84,6 +85,17 @@ class PurgeReport:
     def summary(self) -> dict[str, dict[str, int]]:
         results: tuple[Result, ...] = ("purged", "would_purge", "locked", "error", "kept")
         return {k: {**{r: self.count(k, r) for r in results}, "held": self.held[k]} for k in KINDS}
+
+
+#: Rows purged per transaction. Every purged row appends to the audit chain, whose head is
+#: locked until commit (and SQLite has one writer): short transactions let call decisions,
+#: which take the same lock, in between (200 rows held them past their deadline).
+ROWS_PER_TRANSACTION = 20
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 class Purger:
@@ -280,7 +292,7 @@ class Purger:
                       .values(status=new, claimed_at=None)
                       .execution_options(synchronize_session=False))
 
-    # -- CDRs and consents (database rows only: one transaction per batch) ----------------------
+    # -- CDRs and consents (database rows only: short transactions) -----------------------------
 
     def _cdrs(self) -> None:
         while True:
@@ -290,26 +302,27 @@ class Purger:
             if not ids:
                 break
             removed = 0
-            with unit_of_work(self.sessions) as s:
-                for call_id in ids:
-                    call = s.scalars(select(Call).where(Call.call_id == call_id, *self._cdr_due(),
-                                                        ~self._cdr_kept())
-                                     .with_for_update()).first()
-                    if call is None:
-                        continue
-                    removed += 1
-                    recs = list(s.scalars(select(Recording).where(Recording.call_id == call_id)))
-                    s.execute(delete(Recording).where(Recording.call_id == call_id)
-                              .execution_options(synchronize_session=False))
-                    audit.append(s, self.actor, "cdr_purged", call_id, {
-                        "tenant": call.tenant_id, "direction": call.direction,
-                        "attempted_at": call.attempted_at, "ended_at": call.ended_at,
-                        "decision": call.decision, "reasons": call.reason_codes,
-                        "recordings": [{"id": r.id, "status": r.status, "sha256": r.sha256}
-                                       for r in recs],
-                        "purge_clock": self.now})
-                    s.delete(call)
-                    self._add("cdr", call_id, "purged")
+            for chunk in _chunks(ids, ROWS_PER_TRANSACTION):
+                with unit_of_work(self.sessions) as s:
+                    for call_id in chunk:
+                        call = s.scalars(select(Call).where(Call.call_id == call_id, *self._cdr_due(),
+                                                            ~self._cdr_kept())
+                                         .with_for_update()).first()
+                        if call is None:
+                            continue
+                        removed += 1
+                        recs = list(s.scalars(select(Recording).where(Recording.call_id == call_id)))
+                        s.execute(delete(Recording).where(Recording.call_id == call_id)
+                                  .execution_options(synchronize_session=False))
+                        audit.append(s, self.actor, "cdr_purged", call_id, {
+                            "tenant": call.tenant_id, "direction": call.direction,
+                            "attempted_at": call.attempted_at, "ended_at": call.ended_at,
+                            "decision": call.decision, "reasons": call.reason_codes,
+                            "recordings": [{"id": r.id, "status": r.status, "sha256": r.sha256}
+                                           for r in recs],
+                            "purge_clock": self.now})
+                        s.delete(call)
+                        self._add("cdr", call_id, "purged")
             if not removed:  # changed under us since the batch was read: the next run sees it
                 break
         with self.sessions() as s:
@@ -324,21 +337,22 @@ class Purger:
             if not ids:
                 break
             removed = 0
-            with unit_of_work(self.sessions) as s:
-                for consent_id in ids:
-                    c = s.scalars(select(Consent).where(Consent.id == consent_id,
-                                                        *self._consent_due(), ~self._consent_kept())
-                                  .with_for_update()).first()
-                    if c is None:
-                        continue
-                    removed += 1
-                    audit.append(s, self.actor, "consent_purged", f"consent:{c.id}", {
-                        "tenant": c.tenant_id, "scopes": c.scopes, "obtained_at": c.obtained_at,
-                        "expires_at": c.expires_at, "revoked_at": c.revoked_at,
-                        "evidence_kind": c.evidence_kind, "evidence_ref": c.evidence_ref,
-                        "evidence_sha256": c.evidence_sha256, "purge_clock": self.now})
-                    s.delete(c)
-                    self._add("consent", f"consent:{consent_id}", "purged")
+            for chunk in _chunks(ids, ROWS_PER_TRANSACTION):
+                with unit_of_work(self.sessions) as s:
+                    for consent_id in chunk:
+                        c = s.scalars(select(Consent).where(Consent.id == consent_id,
+                                                            *self._consent_due(), ~self._consent_kept())
+                                      .with_for_update()).first()
+                        if c is None:
+                            continue
+                        removed += 1
+                        audit.append(s, self.actor, "consent_purged", f"consent:{c.id}", {
+                            "tenant": c.tenant_id, "scopes": c.scopes, "obtained_at": c.obtained_at,
+                            "expires_at": c.expires_at, "revoked_at": c.revoked_at,
+                            "evidence_kind": c.evidence_kind, "evidence_ref": c.evidence_ref,
+                            "evidence_sha256": c.evidence_sha256, "purge_clock": self.now})
+                        s.delete(c)
+                        self._add("consent", f"consent:{consent_id}", "purged")
             if not removed:
                 break
         with self.sessions() as s:
