@@ -212,7 +212,8 @@ class Enforcer:
             for p in batch:
                 self._answer(p, None, exc)
         else:
-            if decided and self.journal.pending:
+            # the store took this batch's decisions: the denials kept while it could not are due
+            if self.journal.pending and any(o is not None for _, o in decided):
                 self.replay_journal()
             for p, outcome in decided:
                 if outcome is None:
