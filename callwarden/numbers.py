@@ -152,10 +152,8 @@ def _is_fixed_line(digits: str) -> bool:
     )
 
 
-@lru_cache(maxsize=8192)
 def try_normalize(raw: str | None) -> Number | None:
-    """``normalize`` that returns None for hidden or unparseable input. Cached: a decision
-    asks for the same numbers many times, and parsing (phonenumbers) is the costly part."""
+    """``normalize`` that returns None for hidden or unparseable input."""
     if is_hidden(raw):
         return None
     try:

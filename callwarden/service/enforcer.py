@@ -2,9 +2,10 @@
 
 Data flows one way: an adapter builds a plain ``CallAttempt`` (or event), the enforcer loads the
 facts, asks the pure decision core, and writes the outcome (CDR + audit entry) before it
-answers. Adapters never see SQL; the policy core never sees a PBX. Every method is synchronous
-and thread-safe (one session per call), so asyncio adapters run it in a thread pool and gevent
-adapters in gevent's native thread pool.
+answers. Adapters never see SQL; the policy core never sees a PBX. Outbound decisions go through
+:meth:`Enforcer.submit` to the decision writer (``service.group_commit``: one thread stores all
+the decisions waiting at a moment in one transaction); the other methods are synchronous and
+thread-safe (one session per call), run from the adapters' thread pools.
 """
 
 from __future__ import annotations
@@ -204,8 +205,9 @@ class Enforcer:
 
     def _store_batch(self, batch: list[Pending]) -> None:
         """The writer thread's work for one batch: decide, store, answer each attempt."""
-        late = [p for p in batch if time.monotonic() > p.deadline]
-        batch = [p for p in batch if p not in late]
+        now = time.monotonic()
+        late = [p for p in batch if now > p.deadline]
+        batch = [p for p in batch if now <= p.deadline]
         try:
             decided = self._decide_durably(batch) if batch else []
         except (SQLAlchemyError, StoreUnavailable) as exc:
@@ -305,7 +307,7 @@ class Enforcer:
         results: list[tuple[Pending, Outcome | None]] = []
         with self.engine.begin() as conn:  # Core only: no ORM session on the hot path
             head = audit.lock_head(conn, VERSION_COLUMN)
-            registry = self.registry.current(conn, head.also[0], read=False)
+            registry = self.registry.at_version(conn, head.also[0])
             facts = BatchFacts(conn, [p.attempt for p in batch], self.rules)
             decided = []
             for p in batch:

@@ -102,12 +102,13 @@ class SnapshotCache:
         #: How many times the registry was (re)loaded: for tests and metrics.
         self.loads = 0
 
-    def current(self, conn: Connection, version: int | None = None, *,
-                read: bool = True) -> RegistrySnapshot:
-        """The snapshot for the store's version now, read in ``conn``'s transaction (or
-        ``version``, already read there with :data:`VERSION_COLUMN`, when ``read`` is False)."""
-        if read:
-            version = conn.execute(VERSION).scalar_one_or_none()
+    def current(self, conn: Connection) -> RegistrySnapshot:
+        """The snapshot for the store's version now, read in ``conn``'s transaction."""
+        return self.at_version(conn, conn.execute(VERSION).scalar_one_or_none())
+
+    def at_version(self, conn: Connection, version: int | None) -> RegistrySnapshot:
+        """The snapshot for ``version``, already read in ``conn``'s transaction (with
+        :data:`VERSION_COLUMN`); rebuilt from ``conn`` if the cached one is older."""
         if version is None:  # a store without migration 0006's row: never cache
             return load_snapshot(conn, -1)
         snap = self._snapshot
