@@ -205,7 +205,9 @@ def test_a_large_dnc_import_on_sqlite_never_holds_decisions_past_their_deadline(
     finally:
         done.set()
         t.join(10)
-    assert codes and all(c == () for c in codes), {c for c in codes if c}
+    # one callee again and again: past frequency.per_day the rules deny it; never for time
+    assert codes and codes[0] == () and not any("POLICY_UNAVAILABLE" in c for c in codes), \
+        {c for c in codes if c}
     with e.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Refusal)) >= n
         assert s.scalar(select(func.count()).select_from(AuditEntry)
