@@ -134,7 +134,7 @@ def apply(session: Session, planned: list[PlannedAlert], actor: str, context: di
         alert_id = _insert_once(session, p, now)
         if alert_id is None:
             continue
-        audit.append(session, actor, "policing.alert", p.tenant_id, {
+        audit.append_at_commit(session, actor, "policing.alert", p.tenant_id, {
             "alert_id": alert_id, "dedup_key": p.dedup_key, "kind": p.kind, "level": p.level,
             "score": p.score, "summary": p.summary, **context})
         suspended = False

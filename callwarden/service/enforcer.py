@@ -291,7 +291,7 @@ class Enforcer:
                     caller_hidden=bool(e.get("hidden")), trunk=e.get("trunk"),
                     campaign=e.get("campaign"), purpose=e.get("purpose"),
                     attempted_at=at, decision="deny", reasons="POLICY_UNAVAILABLE", enforced=True))))
-                audit.append(session, "pbx:" + (e.get("pbx") or "cli"), "decision_replayed",
+                audit.append_at_commit(session, "pbx:" + (e.get("pbx") or "cli"), "decision_replayed",
                              e["call_id"], {**e, "decision": "deny", "reasons": ["POLICY_UNAVAILABLE"]})
                 stored += 1
         return stored
@@ -375,7 +375,7 @@ class Enforcer:
                 rec = session.get(Recording, call.recording_id)
                 if rec is not None:
                     rec.status, rec.error = "failed", error[:500]
-            audit.append(session, "pbx:" + call.pbx, "recording_failed", call_id,
+            audit.append_at_commit(session, "pbx:" + call.pbx, "recording_failed", call_id,
                          {"error": error[:500], "reasons": call.reason_codes})
             observe = not call.enforced
         log.warning("recording_failed", call_id=call_id, error=error[:200],
@@ -396,7 +396,7 @@ class Enforcer:
                 party=caller.digits if caller else None, caller_hidden=caller is None,
                 attempted_at=call.at, decision="allow", reasons="",
             ))))
-            audit.append(session, "pbx:" + call.pbx, "inbound", call_id,
+            audit.append_at_commit(session, "pbx:" + call.pbx, "inbound", call_id,
                          {"tenant": call.tenant, "caller": _digits(caller, call.caller),
                           "callee": _digits(callee, call.callee)})
         log.info("inbound", call_id=call_id, tenant=call.tenant, caller=mask_raw(call.caller),
@@ -414,7 +414,7 @@ class Enforcer:
                 Refusal.tenant_id == tenant, Refusal.callee == number.digits))
             if exists is None:
                 session.add(Refusal(tenant_id=tenant, callee=number.digits, source=source))
-            audit.append(session, actor, "refusal_added", number.digits,
+            audit.append_at_commit(session, actor, "refusal_added", number.digits,
                          {"tenant": tenant, "source": source, "already_listed": exists is not None})
         log.info("optout", tenant=tenant, callee=number.masked(), source=source,
                  scope="global" if tenant == GLOBAL else "tenant")
@@ -442,7 +442,7 @@ class Enforcer:
                                       "hangup_cause": end.hangup_cause})
             call.disposition = ends["disposition"] or call.disposition
             call.hangup_cause = ends["hangup_cause"] or call.hangup_cause
-            audit.append(session, "pbx:" + end.pbx, "call_ended", call.call_id, {
+            audit.append_at_commit(session, "pbx:" + end.pbx, "call_ended", call.call_id, {
                 "answered_at": end.answered_at, "ended_at": end.ended_at, "billsec": end.billsec,
                 "disposition": end.disposition, "hangup_cause": end.hangup_cause})
             call_id, recorded = call.call_id, call.recording_id is not None
@@ -465,7 +465,7 @@ class Enforcer:
                 return None
             codes = tuple(call.reason_codes) + ("CID_ALTERED",)
             call.decision, call.reasons = "deny", ",".join(r.code for r in ordered(codes))
-            audit.append(session, "pbx:" + pbx, "cid_altered", call.call_id, {
+            audit.append_at_commit(session, "pbx:" + pbx, "cid_altered", call.call_id, {
                 "decided_caller": call.caller, "new_caller": number.digits if number else new_caller})
             call_id, tear_down = call.call_id, call.enforced
         log.warning("cid_altered", call_id=call_id, pbx=pbx,
@@ -508,7 +508,7 @@ class Enforcer:
                 rec = session.get(Recording, call.recording_id)
                 if rec is not None and rec.status == "recording":
                     rec.status, rec.error = "failed", "decision abandoned: the call was denied"
-            audit.append(session, "pbx:" + call.pbx, "decision_abandoned", call_id,
+            audit.append_at_commit(session, "pbx:" + call.pbx, "decision_abandoned", call_id,
                          {"reasons": call.reason_codes})
         log.warning("decision_abandoned", call_id=call_id)
 
@@ -528,7 +528,7 @@ class Enforcer:
                 session.add(rec)
                 session.flush()
                 call.recording_id = rec.id
-                audit.append(session, "pbx:" + call.pbx, "recording_started", call_id,
+                audit.append_at_commit(session, "pbx:" + call.pbx, "recording_started", call_id,
                              {"direction": call.direction})
         return relpath
 
@@ -542,7 +542,7 @@ class Enforcer:
             rec = session.get(Recording, call.recording_id)
             if rec is not None:
                 rec.status, rec.error = "failed", error[:500]
-            audit.append(session, "pbx:" + call.pbx, "recording_failed", call_id,
+            audit.append_at_commit(session, "pbx:" + call.pbx, "recording_failed", call_id,
                          {"error": error[:500], "direction": call.direction})
         log.warning("recording_not_started", call_id=call_id, error=error[:200])
 

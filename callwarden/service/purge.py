@@ -273,7 +273,7 @@ class Purger:
             if rec is None or rec.status != "purging":
                 return
             rec.status, rec.purged_at, rec.claimed_at = "purged", utcnow(), None
-            audit.append(s, self.actor, "recording_purged", call_id, {
+            audit.append_at_commit(s, self.actor, "recording_purged", call_id, {
                 "location": location, "sha256": rec.sha256, "size": rec.size,
                 "retain_until": rec.retain_until, "purge_clock": self.now,
                 "already_gone": already_gone, "resumed": resumed})
@@ -314,7 +314,7 @@ class Purger:
                         recs = list(s.scalars(select(Recording).where(Recording.call_id == call_id)))
                         s.execute(delete(Recording).where(Recording.call_id == call_id)
                                   .execution_options(synchronize_session=False))
-                        audit.append(s, self.actor, "cdr_purged", call_id, {
+                        audit.append_at_commit(s, self.actor, "cdr_purged", call_id, {
                             "tenant": call.tenant_id, "direction": call.direction,
                             "attempted_at": call.attempted_at, "ended_at": call.ended_at,
                             "decision": call.decision, "reasons": call.reason_codes,
@@ -346,7 +346,7 @@ class Purger:
                         if c is None:
                             continue
                         removed += 1
-                        audit.append(s, self.actor, "consent_purged", f"consent:{c.id}", {
+                        audit.append_at_commit(s, self.actor, "consent_purged", f"consent:{c.id}", {
                             "tenant": c.tenant_id, "scopes": c.scopes, "obtained_at": c.obtained_at,
                             "expires_at": c.expires_at, "revoked_at": c.revoked_at,
                             "evidence_kind": c.evidence_kind, "evidence_ref": c.evidence_ref,

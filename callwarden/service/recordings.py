@@ -236,7 +236,7 @@ class RecordingService:
                 return False
             rec.status, rec.error = "failed", f"lost: {detail}"[:500]
             flag_cdr(s, call_id, "lost")
-            audit.append(s, actor, "recording_lost", call_id, {
+            audit.append_at_commit(s, actor, "recording_lost", call_id, {
                 "location": rec.location, "sha256": rec.sha256, "detail": detail[:500]})
         log.error("recording_lost", call_id=call_id, detail=detail[:200])
         return True
@@ -373,7 +373,7 @@ class RecordingService:
                 log.warning("recording_claim_lost", call_id=row.call_id, location=stored.location)
                 return FinalizeResult(row.call_id, "skipped", "claim lost to another finalizer")
             unflag_cdr(s, row.call_id)
-            audit.append(s, actor, "recording_stored", row.call_id, {
+            audit.append_at_commit(s, actor, "recording_stored", row.call_id, {
                 "location": stored.location, "sha256": stored.sha256, "size": stored.size,
                 "duration_s": stored.duration_s, "encrypted": stored.encrypted,
                 "key_id": stored.key_id, "retain_until": deadline, "recovered": recovered})
@@ -392,7 +392,7 @@ class RecordingService:
             if done != 1:
                 return FinalizeResult(row.call_id, "skipped", "changed by another finalizer")
             flag_cdr(s, row.call_id, reason)
-            audit.append(s, actor, "recording_failed", row.call_id, {
+            audit.append_at_commit(s, actor, "recording_failed", row.call_id, {
                 "stage": "finalize", "reason": reason, "error": message[:500]})
         log.error("recording_failed", call_id=row.call_id, reason=reason, detail=message[:300])
         return FinalizeResult(row.call_id, "failed", message, reason=reason)
@@ -409,7 +409,7 @@ class RecordingService:
                 Recording.id == row.rec_id, Recording.retain_until == row.retain_until,
             ).values(retain_until=deadline).execution_options(synchronize_session=False)).rowcount
             if done == 1:
-                audit.append(s, f"pbx:{row.pbx}", "recording_deadline_extended", row.call_id,
+                audit.append_at_commit(s, f"pbx:{row.pbx}", "recording_deadline_extended", row.call_id,
                              {"from": row.retain_until, "to": deadline})
 
     @contextlib.contextmanager

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Select, insert, select, update
+from sqlalchemy import Connection, Select, event, insert, select, update
 from sqlalchemy.orm import Session
 
 from callwarden.audit import pseudonym
@@ -109,6 +109,33 @@ def append(session: Session, actor: str, action: str, subject: str | None = None
     """Add one entry at the end of the chain, inside the caller's transaction; returns its hash."""
     conn = session.connection()
     return extend(conn, lock_head(conn), [NewEntry(actor, action, subject, details, at)])[0]
+
+
+#: ``Session.info`` key of the entries :func:`append_at_commit` keeps until the commit.
+_AT_COMMIT = "callwarden.audit.at_commit"
+
+
+def append_at_commit(session: Session, actor: str, action: str, subject: str | None = None,
+                     details: dict[str, Any] | None = None) -> None:
+    """Add one entry to the chain when ``session``'s transaction commits (dropped if it rolls
+    back). The head is then locked for the last statements only, not from here to the commit:
+    decisions on every node wait for that lock, so a background writer with long
+    transactions (purge, detector, reconciliation) must not hold it while it works. The
+    entry's time is the commit's, like every other entry's."""
+    session.info.setdefault(_AT_COMMIT, []).append(NewEntry(actor, action, subject, details))
+
+
+@event.listens_for(Session, "before_commit")
+def _append_pending(session: Session) -> None:
+    entries = session.info.pop(_AT_COMMIT, None)
+    if entries:
+        conn = session.connection()
+        extend(conn, lock_head(conn), entries)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_pending(session: Session) -> None:
+    session.info.pop(_AT_COMMIT, None)
 
 
 @dataclass(frozen=True)

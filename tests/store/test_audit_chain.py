@@ -67,3 +67,42 @@ def test_rehashing_one_entry_still_breaks_the_next_link(store_url):
     with factory() as s:
         problems = audit.verify_chain(s)
     assert [(p.seq, p.problem) for p in problems] == [(3, "prev_hash does not link to the previous entry")]
+
+
+def test_entries_kept_for_the_commit_join_the_chain_then_and_vanish_on_rollback(store_url):
+    factory = _fill(store_url, 2)
+    with unit_of_work(factory) as s:
+        audit.append_at_commit(s, "purger", "cdr_purged", "call-1", {"callee": "13800138000"})
+        audit.append_at_commit(s, "purger", "cdr_purged", "call-2")
+        assert s.get(audit.AuditHead, 1).seq == 2  # nothing written before the commit
+    with pytest.raises(RuntimeError), unit_of_work(factory) as s:
+        audit.append_at_commit(s, "purger", "cdr_purged", "call-3")
+        raise RuntimeError("the unit of work fails")
+    with unit_of_work(factory) as s:  # the same kind of session again: nothing left over
+        audit.append(s, "tester", "thing.done", "after")
+    with factory() as s:
+        assert audit.verify_chain(s) == []
+        rows = s.execute(text("SELECT seq, action, subject, details FROM audit_log ORDER BY seq")).all()
+    assert [(r.action, r.subject) for r in rows[2:]] == [
+        ("cdr_purged", "call-1"), ("cdr_purged", "call-2"), ("thing.done", "after")]
+    assert "13800138000" not in str(rows)  # keyed like every other entry
+
+
+def test_a_long_transaction_holds_the_chain_head_only_for_its_commit(store_url):
+    """Decisions on every node lock the head: a purge or detector transaction that is still
+    working must not hold it (PostgreSQL: another connection can lock it meanwhile)."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("SQLite transactions that write are exclusive as a whole")
+    factory = _fill(store_url, 1)
+    engine = make_engine(store_url)
+    with unit_of_work(factory) as s:
+        audit.append_at_commit(s, "purger", "cdr_purged", "call-1")
+        s.execute(text("SELECT 1"))  # the transaction is open and working
+        with engine.connect() as other:
+            other.execute(text("SET lock_timeout = '200ms'"))
+            seq = other.execute(text("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")).scalar()
+            other.rollback()
+        assert seq == 1
+    with factory() as s:
+        assert s.get(audit.AuditHead, 1).seq == 2
+    engine.dispose()
