@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 log = get_logger("callwarden.decision")
 
+#: Most journalled denials stored per replay between decision batches (one short transaction).
+REPLAY_CHUNK = 200
 _INSERT_CALL = insert(Call)
 _INSERT_RECORDINGS = insert(Recording)
 # One statement links every new recording of the batch to its call (round trips are what a
@@ -208,25 +210,35 @@ class Enforcer:
         now = time.monotonic()
         late = [p for p in batch if now > p.deadline]
         batch = [p for p in batch if now <= p.deadline]
+        failed: list[tuple[Pending, BaseException]] = []
+        answers: list[tuple[Pending, Outcome]] = []
         try:
             decided = self._decide_durably(batch) if batch else []
         except (SQLAlchemyError, StoreUnavailable) as exc:
-            for p in batch:
-                self._answer(p, None, exc)
+            failed = [(p, exc) for p in batch]
         else:
-            # the store took this batch's decisions: the denials kept while it could not are due
-            if self.journal.pending and any(o is not None for _, o in decided):
-                self.replay_journal()
             for p, outcome in decided:
                 if outcome is None:
                     late.append(p)
                 else:
-                    self._answer(p, outcome)
-        for p in late:
-            self._answer(p, None, StoreUnavailable("decision deadline passed before commit"))
+                    answers.append((p, outcome))
+        missed = StoreUnavailable("decision deadline passed before commit")
+        failed += [(p, missed) for p in late]
+        # The denials nothing was stored for are kept first (one write and fsync for all).
+        self.journal.add_many([_journal_entry(p.attempt, p.call_id, p.route) for p, _ in failed])
+        for p, exc in failed:
+            self._answer(p, None, exc)
+        for p, outcome in answers:
+            self._answer(p, outcome)
+        # Then the denials kept while the store could not take them, a piece at a time and only
+        # while no decision waits: replaying must never be what makes a call miss its deadline.
+        while answers and self.journal.pending and not self.writer.waiting:
+            if self.replay_journal(limit=REPLAY_CHUNK) <= 0:  # failed (logged), or nothing new
+                break
 
     def _answer(self, p: Pending, outcome: Outcome | None, exc: BaseException | None = None) -> None:
-        """Log the decision (one event per call), tell the observer, wake the caller."""
+        """Log the decision (one event per call), tell the observer, wake the caller. An
+        attempt without an outcome is answered POLICY_UNAVAILABLE (the caller journals it)."""
         attempt, route = p.attempt, p.route
         if outcome is None:
             outcome = Outcome(p.call_id, denial("POLICY_UNAVAILABLE"), let_through=False)
@@ -234,7 +246,6 @@ class Enforcer:
                       error=type(exc).__name__,
                       detail=(str(exc).splitlines() or [""])[0][:200],
                       action="outbound call denied (fail closed)")
-            self.journal.add(_journal_entry(attempt, p.call_id, route))
         latency_s = time.monotonic() - p.started
         d = outcome.decision
         log.info("decision", route=route, call_id=p.call_id, pbx=attempt.pbx,
@@ -250,14 +261,15 @@ class Enforcer:
         """Keep a denial the adapter gave on its own (no decision in time, never started)."""
         self.journal.add(_journal_entry(attempt, uuid.uuid4().hex, route))
 
-    def replay_journal(self) -> int:
-        """Store the denials taken while the store was down (skipping ones already stored).
+    def replay_journal(self, limit: int | None = None) -> int:
+        """Store the denials taken while the store was down (skipping ones already stored);
+        ``limit``: at most that many this time (the rest on later calls).
 
         A batch the store refuses outright (not an outage: a constraint or a value it cannot
         take) would fail the same way on every later decision, so it is set aside in a file
         of its own for an administrator, and the journal goes on."""
         try:
-            n = self.journal.drain(self._store_journal_entries)
+            n = self.journal.drain(self._store_journal_entries, limit)
         except (DataError, IntegrityError) as exc:
             kept = self.journal.set_aside()
             log.error("journal_rejected", error=type(exc).__name__, kept_in=str(kept),
@@ -274,13 +286,16 @@ class Enforcer:
     def _store_journal_entries(self, entries: list[dict]) -> int:
         stored = 0
         with unit_of_work(self.sessions) as session:
+            ids = [e["call_id"] for e in entries if isinstance(e.get("call_id"), str)]
+            have = set(session.scalars(select(Call.call_id).where(Call.call_id.in_(ids)))) if ids else set()
             for e in entries:
                 at = _journal_time(e)
                 if at is None:  # hand-edited or foreign: nothing trustworthy to store
                     log.error("journal_entry_skipped", reason="no call id or no valid time")
                     continue
-                if session.get(Call, e["call_id"]) is not None:
+                if e["call_id"] in have:
                     continue
+                have.add(e["call_id"])
                 caller, callee = try_normalize(e.get("caller")), try_normalize(e.get("callee"))
                 session.add(Call(**fit(_CALL_WIDTHS, dict(
                     call_id=e["call_id"], tenant_id=e.get("tenant"), direction="outbound",

@@ -68,6 +68,12 @@ class GroupCommit:
         #: Sizes of the last 1,000 batches: for tests and the benchmark.
         self.batch_sizes: deque[int] = deque(maxlen=1000)
 
+    @property
+    def waiting(self) -> int:
+        """Attempts queued and not yet taken (a snapshot: for deciding whether to do other
+        work first)."""
+        return len(self._waiting)
+
     def submit(self, pending: Pending) -> concurrent.futures.Future:
         with self._lock:
             self._waiting.append(pending)
