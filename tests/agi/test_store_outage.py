@@ -107,6 +107,10 @@ def test_locked_sqlite(make_settings, sqlite_url) -> None:
                 lock.close()
             result = await r.agi_call().run(timeout=10)  # the store is back: calls go out again
             assert result.variables["CALLWARDEN_DECISION"] == "allow"
+            # the writer replays the outage journal just after answering that call
+            give_up = time.monotonic() + 5
+            while r.enforcer.journal.pending and time.monotonic() < give_up:
+                await asyncio.sleep(0.01)
             with r.enforcer.sessions() as s:
                 rows = s.execute(select(Call.decision, Call.reasons)).all()
             # no late allows; the five denials reached the store from the outage journal
