@@ -306,7 +306,7 @@ def main() -> None:
         if r.error or r.timed_out:
             return None
         after = [c for c in r.commands if c.text not in ("connect", "myevents")
-                 and not c.text.startswith("event ")]
+                 and not c.text.startswith(("event ", "filter "))]
         if not after:
             return None
         decided = after[0].at - call.t0

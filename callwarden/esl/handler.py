@@ -49,6 +49,9 @@ _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/@+=~-]+", re.ASCII)
 _POLICY_UNAVAILABLE = denial("POLICY_UNAVAILABLE")
 _RECORD_OUTCOMES = frozenset({"RECORD_START", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE",
                               "CHANNEL_EXECUTE_COMPLETE"})
+#: The only events a call handler waits for (FreeSWITCH ``filter``: anything else is not sent).
+_WANTED_EVENTS = ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_EXECUTE_COMPLETE",
+                  "RECORD_START")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +120,13 @@ class CallHandler:
 
     def _subscribe(self) -> None:
         """Ask for this channel's events (``myevents``; RECORD_* are not part of it) without
-        waiting, so the store can work meanwhile; :meth:`_subscribed` waits for the replies."""
-        commands = [command("myevents"), command("event plain RECORD_START RECORD_STOP")]
+        waiting, so the store can work meanwhile; :meth:`_subscribed` waits for the replies.
+
+        Filters keep only the events a handler waits for (:data:`_WANTED_EVENTS`): a call
+        otherwise brings some twenty events of ~150 headers each (CHANNEL_EXECUTE, _STATE,
+        _PARK, ...) that the hub would read and parse for nothing."""
+        commands = [command("myevents"), command("event plain RECORD_START RECORD_STOP"),
+                    *(command(f"filter Event-Name {name}") for name in _WANTED_EVENTS)]
         self._subscription = self.session.post(commands, self._left(self.ctx.command_timeout_s))
 
     def _subscribed(self) -> None:

@@ -68,6 +68,19 @@ def test_allowed_call_is_recorded_handed_back_and_its_cdr_completed(rig: EslRig)
     assert log["caller"] == "95512" and log["callee"] == "138****8000"  # numbers masked
 
 
+def test_freeswitch_sends_a_call_handler_only_the_events_it_waits_for(rig: EslRig) -> None:
+    """Filters on the outbound socket: the hub reads a handful of events per call, not the
+    twenty-odd that ``myevents`` brings (CHANNEL_EXECUTE, _STATE, _PARK, _ANSWER, ...)."""
+    call, result = rig.place()
+    assert result.resumed
+    filters = [c.text for c in result.commands if c.text.startswith("filter ")]
+    assert filters == [f"filter Event-Name {n}" for n in (
+        "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_EXECUTE_COMPLETE", "RECORD_START")]
+    assert result.events_sent and set(result.events_sent) <= {
+        "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_EXECUTE_COMPLETE", "RECORD_START"}
+    assert "RECORD_START" in result.events_sent  # what the recording check waits for still comes
+
+
 @pytest.mark.parametrize(("prof", "code"), [
     (profile(tenant=None), "TENANT_UNKNOWN"),
     (profile(tenant="nobody"), "TENANT_UNKNOWN"),
