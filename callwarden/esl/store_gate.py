@@ -21,11 +21,11 @@ from typing import Literal, TypeVar
 
 import gevent
 from gevent.event import AsyncResult
-from gevent.threadpool import ThreadPool
 
 from callwarden.log import get_logger
 from callwarden.policy import CallAttempt, denial
 from callwarden.service.enforcer import DecisionResult, Enforcer, Outcome
+from callwarden.service.native import NativeExecutor
 
 log = get_logger("callwarden.esl")
 
@@ -43,13 +43,17 @@ class StoreGate:
                  background_workers: int = 2, recording_workers: int = 2):
         self.enforcer = enforcer
         self.decision_timeout_s = decision_timeout_s
-        self._background = ThreadPool(background_workers)
+        # Not gevent's ThreadPool: that one silently drops a queued task whose waiter timed
+        # out, and a CDR completion or a decision correction must still happen when the
+        # caller stopped waiting for it.
+        self._background = NativeExecutor(background_workers, thread_name_prefix="callwarden-store")
         # Finalizing a recording hashes and copies audio (seconds): never in front of a CDR.
-        self._recordings = ThreadPool(recording_workers)
+        self._recordings = NativeExecutor(recording_workers, thread_name_prefix="callwarden-recording")
 
     def decide(self, attempt: CallAttempt, started: float, route: str = "outbound") -> DecisionResult:
         """Decide before ``started + decision_timeout_s`` (``started``: ``time.monotonic()`` when
-        the call reached us, so time spent waiting for a worker counts)."""
+        the call reached us: under overload a call is denied early rather than decided too
+        late to finish its session; time queued for the decision writer counts too)."""
         remaining = started + self.decision_timeout_s - time.monotonic()
         job: concurrent.futures.Future[Outcome] | None = None
         try:
@@ -60,7 +64,7 @@ class StoreGate:
             if job is not None and not job.cancel():  # being decided: it may still commit
                 gevent.spawn(self._late_decision, job)
             else:  # never decided: keep the denial for the store (journal file)
-                self._background.spawn(self.enforcer.journal_denial, attempt, route)
+                self._background.submit(self.enforcer.journal_denial, attempt, route)
             log.error("decision_timeout", route=route, tenant=attempt.tenant,
                       pbx_call_id=attempt.pbx_call_id,
                       timeout_ms=round(self.decision_timeout_s * 1000),
@@ -92,19 +96,21 @@ class StoreGate:
 
     def call(self, fn: Callable[..., T], *args: object, timeout: float,
              pool: Literal["background", "recordings"] = "background") -> T:
-        """Run ``fn(*args)`` in a non-decision pool; StoreTimeout after ``timeout`` seconds."""
+        """Run ``fn(*args)`` in a non-decision pool; StoreTimeout after ``timeout`` seconds (the
+        work is not withdrawn: it runs, and is stored, whenever a thread gets to it)."""
         threads = self._recordings if pool == "recordings" else self._background
+        job = threads.submit(fn, *args)
         try:
             with gevent.Timeout(timeout):
-                job = threads.spawn(_captured, fn, *args)
-                return _unwrap(job.get())
+                return _result(job)
         except gevent.Timeout:
             raise StoreTimeout(getattr(fn, "__name__", "store call")) from None
 
     def close(self) -> None:
-        """Stop the non-decision pools; running jobs finish in their threads."""
-        self._background.kill()
-        self._recordings.kill()
+        """Take no more work; what is queued still runs in its threads (a correction or a CDR
+        completion is not dropped at shutdown)."""
+        self._background.shutdown(wait=False)
+        self._recordings.shutdown(wait=False)
 
 
 #: How long to wait for a decision the adapter gave up on, to correct its record.
@@ -122,7 +128,7 @@ def _result(job: concurrent.futures.Future[T]) -> T:
         lock = threading.Lock()  # native: closing and sending never overlap
         closed = []
 
-        def wake(_: object) -> None:  # in the writer thread
+        def wake(_: object) -> None:  # in the thread that finished the job
             with lock:
                 if not closed:
                     watcher.send()
@@ -139,27 +145,3 @@ def _result(job: concurrent.futures.Future[T]) -> T:
 
 def _ms_since(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 2)
-
-
-class _Failed:
-    """An exception raised in a pool thread, carried back as a value: gevent's thread pool
-    prints the traceback of anything a task raises, and these are expected (a store that is
-    down); the caller decides what to log."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
-def _captured(fn: Callable[..., T], *args: object) -> T | _Failed:
-    try:
-        return fn(*args)
-    except Exception as exc:
-        return _Failed(exc)
-
-
-def _unwrap(value: T | _Failed) -> T:
-    if isinstance(value, _Failed):
-        raise value.error
-    return value

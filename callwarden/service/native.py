@@ -10,12 +10,14 @@ instead. gevent is never imported here: if it was not loaded, the standard ones 
 from __future__ import annotations
 
 import _thread
+import concurrent.futures
+import queue
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["native_lock", "native_sleep"]
+__all__ = ["NativeExecutor", "native_lock", "native_sleep"]
 
 
 def _original(module: str, name: str, default: Any) -> Any:
@@ -35,3 +37,16 @@ def native_lock() -> Any:
     """A new OS-level lock (``with lock: ...``), safe to share between native threads."""
     allocate = _original("_thread", "allocate_lock", _thread.allocate_lock)
     return allocate()
+
+
+class NativeExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A thread pool whose work queue is the operating system's, even under gevent.
+
+    ``ThreadPoolExecutor`` hands work to its threads through ``queue.SimpleQueue``, which
+    gevent's patching replaces with a cooperative one that native threads cannot wait on.
+    Unlike gevent's own thread pool, a queued task is never dropped when its waiter gives up.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = ""):
+        super().__init__(max_workers, thread_name_prefix=thread_name_prefix)
+        self._work_queue = _original("queue", "SimpleQueue", queue.SimpleQueue)()
