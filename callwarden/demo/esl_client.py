@@ -1,6 +1,6 @@
 """The FreeSWITCH side of the outbound Event Socket, as the dialplan's
 ``socket 127.0.0.1:8084 async full`` plays it: connect to callwarden, answer ``connect`` with
-the channel's data, then answer each command: ``api uuid_setvar`` and friends, ``sendmsg``
+the channel's data, then answer each command: ``api uuid_setvar`` and friends, ``filter``, ``sendmsg``
 applications (``set``, ``record_session``, ``hangup`` ...) with the events FreeSWITCH fires,
 ``resume``, until callwarden sends ``exit`` or hangs the channel up. Just enough of
 FreeSWITCH for the demo's calls."""
@@ -51,6 +51,7 @@ class _Channel:
         self.call = call
         self.deadline = deadline
         self.buf = b""
+        self.event_names: set[str] = set()  # filtered to these, once one is given
         n = next(_ids)
         self.uuid = str(uuidlib.uuid4())
         self.name = f"sofia/internal/agent{n}@10.0.0.5"
@@ -83,6 +84,8 @@ class _Channel:
         self.sock.sendall(f"Content-Type: command/reply\nReply-Text: {text}\n\n".encode())
 
     def event(self, name: str, extra: Sequence[tuple[str, str]] = ()) -> None:
+        if self.event_names and name not in self.event_names:  # `filter Event-Name ...`
+            return
         body = _encode([("Event-Name", name), ("Unique-ID", self.uuid),
                         ("Channel-Name", self.name), *extra]) + "\n"
         data = body.encode()
@@ -196,6 +199,11 @@ class _Channel:
                 self.reply("+OK Events Enabled")
             elif low.startswith("event "):
                 self.reply(f"+OK event listener enabled {text.split()[1]}")
+            elif low.startswith("filter "):
+                header, _, value = text[7:].strip().partition(" ")
+                if header.lower() == "event-name":
+                    self.event_names.add(value)
+                self.reply(f"+OK filter added. [{header}]=[{value}]")
             elif low.startswith("linger"):
                 self.reply("+OK will linger")
             elif low.startswith("sendmsg"):
