@@ -37,6 +37,7 @@ from callwarden.store import audit
 from callwarden.store.db import StoreUnavailable, make_engine, make_sessionmaker, unit_of_work
 from callwarden.store.facts import GLOBAL, BatchFacts
 from callwarden.store.fit import fit, widths
+from callwarden.store.hot import HotStatements
 from callwarden.store.models import Call, Recording, Refusal, utcnow
 from callwarden.store.snapshot import VERSION_COLUMN, SnapshotCache
 
@@ -47,13 +48,15 @@ log = get_logger("callwarden.decision")
 
 #: Most journalled denials stored per replay between decision batches (one short transaction).
 REPLAY_CHUNK = 200
-_INSERT_CALL = insert(Call)
-_INSERT_RECORDINGS = insert(Recording)
+# The writer's statements run on the driver's cursor (store.hot: no per-execution overhead).
+_INSERT_CALL = HotStatements(insert(Call))
+_INSERT_RECORDINGS = HotStatements(insert(Recording))
 # One statement links every new recording of the batch to its call (round trips are what a
 # PostgreSQL batch pays for, more than rows).
-_LINK_RECORDINGS = (update(Call).where(Call.call_id.in_(bindparam("cids", expanding=True)))
-                    .values(recording_id=select(Recording.id)
-                            .where(Recording.call_id == Call.call_id).scalar_subquery()))
+_LINK_RECORDINGS = HotStatements(
+    update(Call).where(Call.call_id.in_(bindparam("cids", expanding=True)))
+    .values(recording_id=select(Recording.id)
+            .where(Recording.call_id == Call.call_id).scalar_subquery()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +240,7 @@ class Enforcer:
                 break
 
     def _answer(self, p: Pending, outcome: Outcome | None, exc: BaseException | None = None) -> None:
-        """Log the decision (one event per call), tell the observer, wake the caller. An
+        """Tell the observer, wake the caller, log the decision (one event per call). An
         attempt without an outcome is answered POLICY_UNAVAILABLE (the caller journals it)."""
         attempt, route = p.attempt, p.route
         if outcome is None:
@@ -247,15 +250,15 @@ class Enforcer:
                       detail=(str(exc).splitlines() or [""])[0][:200],
                       action="outbound call denied (fail closed)")
         latency_s = time.monotonic() - p.started
+        if self.observer is not None:
+            self.observer.decided(route, attempt.pbx, outcome, latency_s)
+        p.future.set_result(outcome)  # the caller first: the log line is not on its path
         d = outcome.decision
         log.info("decision", route=route, call_id=p.call_id, pbx=attempt.pbx,
                  pbx_call_id=attempt.pbx_call_id, tenant=attempt.tenant,
                  caller=mask_raw(attempt.caller), callee=mask_raw(attempt.callee),
                  decision=d.decision, reasons=list(d.codes), let_through=outcome.let_through,
                  mode=self.settings.mode, latency_ms=round(latency_s * 1000, 2))
-        if self.observer is not None:
-            self.observer.decided(route, attempt.pbx, outcome, latency_s)
-        p.future.set_result(outcome)
 
     def journal_denial(self, attempt: CallAttempt, route: str = "outbound") -> None:
         """Keep a denial the adapter gave on its own (no decision in time, never started)."""
@@ -356,11 +359,10 @@ class Enforcer:
                     "mode": self.settings.mode, "pbx_call_id": a.pbx_call_id,
                 }))
                 results.append((p, Outcome(p.call_id, d, let_through, relpath)))
-            if calls:
-                conn.execute(_INSERT_CALL, calls)
+            _INSERT_CALL.executemany(conn, calls)
             if recordings:
-                conn.execute(_INSERT_RECORDINGS, recordings)
-                conn.execute(_LINK_RECORDINGS, {"cids": [r["call_id"] for r in recordings]})
+                _INSERT_RECORDINGS.executemany(conn, recordings)
+                _LINK_RECORDINGS.execute(conn, {"cids": [r["call_id"] for r in recordings]})
             audit.extend(conn, head, entries)
         return results
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Select, event, insert, select, update
+from sqlalchemy import Connection, event, insert, select, update
 from sqlalchemy.orm import Session
 
 from callwarden.audit import pseudonym
+from callwarden.store.hot import HotStatements
 from callwarden.store.models import AuditEntry, AuditHead, utcnow
 
 GENESIS = "0" * 64
@@ -55,11 +56,14 @@ class NewEntry:
     at: dt.datetime | None = None
 
 
+_HOT_INSERT_ENTRY, _HOT_MOVE_HEAD = HotStatements(_INSERT_ENTRY), HotStatements(_MOVE_HEAD)
+
+
 @lru_cache(maxsize=8)
-def _head_with(also: tuple[Any, ...]) -> Select[Any]:
+def _head_with(also: tuple[Any, ...]) -> HotStatements:
     """The head's locking read with extra columns, built once (a statement built per call
     costs its cache-key computation every time)."""
-    return _HEAD.add_columns(*also) if also else _HEAD
+    return HotStatements(_HEAD.add_columns(*also) if also else _HEAD)
 
 
 def lock_head(conn: Connection, *also: Any) -> Head:
@@ -67,7 +71,8 @@ def lock_head(conn: Connection, *also: Any) -> Head:
     SQLite transactions are already exclusive), so that writers on several nodes append one
     after another. Creates it on a new store. ``also``: scalar subqueries read in the same
     round trip (:attr:`Head.also`)."""
-    head = conn.execute(_head_with(also)).one_or_none()
+    rows = _head_with(also).execute(conn)
+    head = rows[0] if rows else None
     if head is None:
         conn.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS))
         extra = tuple(conn.execute(select(*also)).one()) if also else ()
@@ -99,8 +104,8 @@ def extend(conn: Connection, head: Head, entries: list[NewEntry]) -> list[str]:
                      "subject": subject, "details": text, "prev_hash": prev, "hash": h})
         hashes.append(h)
         prev = h
-    conn.execute(_INSERT_ENTRY, rows)
-    conn.execute(_MOVE_HEAD, {"seq": seq, "hash": prev})
+    _HOT_INSERT_ENTRY.executemany(conn, rows)
+    _HOT_MOVE_HEAD.execute(conn, {"seq": seq, "hash": prev})
     return hashes
 
 

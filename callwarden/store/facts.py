@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, String, bindparam, literal, null, select, union_all
 
 from callwarden.policy import CallAttempt, ConsentFacts, Facts, Rules
+from callwarden.store.hot import HotStatements
 from callwarden.store.models import Call, Consent, Refusal
 from callwarden.store.snapshot import RegistrySnapshot
 
@@ -52,6 +53,8 @@ _LIVE = union_all(
            Call.attempted_at >= bindparam("since"), Call.attempted_at <= bindparam("until"),
            (Call.direction == "inbound") | (Call.decision == "allow")),
 )
+
+_HOT_REFUSALS, _HOT_LIVE = HotStatements(_REFUSALS), HotStatements(_LIVE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +96,14 @@ class BatchFacts:
         tenants = sorted({t for t, _ in pairs})
         refusals = {"r_tenants": [*tenants, GLOBAL], "r_callees": sorted(callees)}
         if not pairs:  # no tenant: only the global do-not-call list applies
-            self._refused = {(t, c) for t, c in conn.execute(_REFUSALS, refusals)}
+            self._refused = {(t, c) for t, c in _HOT_REFUSALS.execute(conn, refusals)}
             return
         windows = [Window.of(a, rules) for a in attempts]
         params = {"tenants": tenants, "callees": sorted({c for _, c in pairs}), **refusals,
                   "since": min(min(w.since_inbound, w.since_week) for w in windows),
                   "until": max(w.at for w in windows)}
         consents = []
-        for kind, tid, number, cid, scopes, at, expires, revoked in conn.execute(_LIVE, params):
+        for kind, tid, number, cid, scopes, at, expires, revoked in _HOT_LIVE.execute(conn, params):
             if kind == "r":
                 self._refused.add((tid, number))
             elif (tid, number) not in pairs:  # a tenant x callee combination nobody asked for

@@ -1,0 +1,98 @@
+"""The decision writer's statements on the driver's cursor (store.hot), on SQLite and PostgreSQL:
+the same rows, types, defaults and errors as ``Connection.execute``."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import bindparam, create_engine, insert, literal, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from callwarden.store.hot import HotStatements
+from callwarden.store.models import Call, Recording
+
+UTC = dt.UTC
+T0 = dt.datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+CST = dt.timezone(dt.timedelta(hours=8))
+
+
+def _row(call_id: str, party: str, at: dt.datetime, decision: str = "allow") -> dict:
+    return {"call_id": call_id, "tenant_id": None, "direction": "outbound", "pbx": "asterisk",
+            "callee": party, "party": party, "attempted_at": at, "decision": decision,
+            "reasons": "", "enforced": True, "caller_hidden": False}
+
+
+@pytest.fixture
+def engine(store_url):
+    engine = create_engine(store_url)
+    yield engine
+    engine.dispose()
+
+
+def test_rows_types_and_in_lists_match_connection_execute(engine) -> None:
+    """Inserted with executemany, read back with IN lists of several lengths: the same rows
+    as SQLAlchemy's own execution, datetimes aware and in UTC."""
+    rows = [_row(f"c{i}", f"1380000000{i}", T0 + dt.timedelta(minutes=i)) for i in range(5)]
+    query = (select(literal("x").label("kind"), Call.call_id, Call.attempted_at, Call.caller_hidden)
+             .where(Call.party.in_(bindparam("parties", expanding=True)),
+                    Call.attempted_at >= bindparam("since"))
+             .order_by(Call.call_id))
+    hot_insert, hot_query = HotStatements(insert(Call)), HotStatements(query)
+    with engine.begin() as conn:
+        hot_insert.executemany(conn, rows)
+        for parties in (["13800000001"], ["13800000001", "13800000003", "13800000004"], ["none"]):
+            params = {"parties": parties, "since": T0.astimezone(CST)}  # any zone in, UTC out
+            expected = [tuple(r) for r in conn.execute(query, params)]
+            got = hot_query.execute(conn, params)
+            assert got == expected
+            assert all(r[2].tzinfo is not None and r[2].utcoffset() == dt.timedelta(0) for r in got)
+        assert [r[1] for r in hot_query.execute(conn, {"parties": ["13800000002"], "since": T0})] == ["c2"]
+
+
+def test_insert_fills_column_defaults_and_update_takes_in_lists(engine) -> None:
+    """Columns a row leaves out get their defaults (scalar and callable), as with
+    ``Connection.execute``; an UPDATE with an IN list changes exactly its rows."""
+    with engine.begin() as conn:
+        HotStatements(insert(Call)).executemany(conn, [_row("a", "1", T0), _row("b", "2", T0)])
+        HotStatements(insert(Recording)).executemany(conn, [
+            {"call_id": "a", "tenant_id": None, "spool_path": "/spool/a.wav", "started_at": T0},
+            {"call_id": "b", "tenant_id": None, "spool_path": "/spool/b.wav", "started_at": T0}])
+        link = HotStatements(update(Call).where(Call.call_id.in_(bindparam("cids", expanding=True)))
+                             .values(recording_id=select(Recording.id)
+                                     .where(Recording.call_id == Call.call_id).scalar_subquery()))
+        link.execute(conn, {"cids": ["a"]})
+        recs = conn.execute(select(Recording.call_id, Recording.status, Recording.encrypted,
+                                   Recording.legal_hold, Recording.id).order_by(Recording.call_id)).all()
+        assert [(r[0], r[1], r[2], r[3]) for r in recs] == [("a", "recording", False, False),
+                                                             ("b", "recording", False, False)]
+        linked = dict(conn.execute(select(Call.call_id, Call.recording_id)).all())
+        assert linked == {"a": recs[0][4], "b": None}
+
+
+def test_driver_errors_come_back_as_sqlalchemy_errors_and_roll_back(engine) -> None:
+    hot = HotStatements(insert(Call))
+    with engine.begin() as conn:
+        hot.executemany(conn, [_row("dup", "1", T0)])
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        hot.executemany(conn, [_row("new", "2", T0), _row("dup", "3", T0)])
+    with engine.connect() as conn:
+        assert conn.execute(select(Call.call_id)).scalars().all() == ["dup"]
+
+
+def test_a_lost_postgresql_connection_is_invalidated(engine) -> None:
+    """The writer's connection killed under it: a DBAPIError saying the connection was
+    invalidated (the pool then replaces it), as ``Connection.execute`` reports it."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to lose")
+    hot = HotStatements(select(Call.call_id))
+    with engine.connect() as conn:
+        pid = conn.execute(text("select pg_backend_pid()")).scalar_one()
+        with engine.connect() as killer:
+            killer.execute(text("select pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(DBAPIError) as caught:
+            hot.execute(conn)
+        assert caught.value.connection_invalidated
+        assert conn.invalidated
+    with engine.connect() as conn:  # a new connection works
+        assert hot.execute(conn) == []
