@@ -107,27 +107,49 @@ class CallHandler:
         self.ctx = ctx
         self.deadline = session.accepted_at + ctx.session_timeout_s
         self.report = CallReport()
-        self.hung_up = False
+        self._hangup_seen = False
         self.call_id_set = False  # callwarden_call_id already sent to the channel
         self.pending_call_id: str | None = None  # let through, not yet handed back
         self.released = False  # `resume` sent: from here the dialplan has the call
         self._subscription: list[AsyncResult] | None = None  # the subscription's replies
+        self._subscription_sent = False
         session.register_handle("CHANNEL_HANGUP", self._on_hangup)
         session.register_handle("CHANNEL_HANGUP_COMPLETE", self._on_hangup)
 
     def _on_hangup(self, _event: EslEvent) -> None:
-        self.hung_up = True
+        self._hangup_seen = True
+
+    @property
+    def hung_up(self) -> bool:
+        """The channel is gone: its hangup event came, or (before the subscription) FreeSWITCH's
+        disconnect notice, which it sends when the channel hangs up whatever we subscribed to."""
+        return self._hangup_seen or self.session.disconnect_notice is not None
+
+    @hung_up.setter
+    def hung_up(self, value: bool) -> None:
+        self._hangup_seen = value
+
+    def _subscription_commands(self) -> list[bytes]:
+        """The subscription to this channel's events, once (then []): ``myevents`` (RECORD_* are
+        not part of it) and filters that keep only the events a handler waits for
+        (:data:`_WANTED_EVENTS`): a call otherwise brings some twenty events of ~150 headers
+        each (CHANNEL_EXECUTE, _STATE, _PARK, ...) that the hub would read for nothing.
+
+        An outbound call sends it in the same write as its first commands after the decision
+        (FreeSWITCH runs them in order, so the events of what follows are caught): while the
+        store decides, the hub then has nothing to read and the decision writer the CPU to
+        itself. A hangup meanwhile still shows, as FreeSWITCH's disconnect notice."""
+        if self._subscription_sent:
+            return []
+        self._subscription_sent = True
+        return [command("myevents"), command("event plain RECORD_START RECORD_STOP"),
+                *(command(f"filter Event-Name {name}") for name in _WANTED_EVENTS)]
 
     def _subscribe(self) -> None:
-        """Ask for this channel's events (``myevents``; RECORD_* are not part of it) without
-        waiting, so the store can work meanwhile; :meth:`_subscribed` waits for the replies.
-
-        Filters keep only the events a handler waits for (:data:`_WANTED_EVENTS`): a call
-        otherwise brings some twenty events of ~150 headers each (CHANNEL_EXECUTE, _STATE,
-        _PARK, ...) that the hub would read and parse for nothing."""
-        commands = [command("myevents"), command("event plain RECORD_START RECORD_STOP"),
-                    *(command(f"filter Event-Name {name}") for name in _WANTED_EVENTS)]
-        self._subscription = self.session.post(commands, self._left(self.ctx.command_timeout_s))
+        """Inbound and opt-out calls: subscribe without waiting, so the store can work
+        meanwhile; :meth:`_subscribed` waits for the replies."""
+        self._subscription = self.session.post(self._subscription_commands(),
+                                               self._left(self.ctx.command_timeout_s))
 
     def _subscribed(self) -> None:
         if self._subscription is None:  # the route was handled before subscribing
@@ -158,7 +180,8 @@ class CallHandler:
                 report.notes.append("socket should run 'async full'")
             report.stage = report.route or "route"
             self.ctx.inflight.begin(info.uuid)
-            self._subscribe()
+            if info.route != "outbound":  # outbound: with its first commands after the decision
+                self._subscribe()
             if info.route == "outbound":
                 self._outbound(info, started)
             elif info.route == "inbound":
@@ -221,7 +244,6 @@ class CallHandler:
         decision, let_through = result.decision, result.let_through
         if let_through:
             self.pending_call_id = result.call_id
-        self._subscribed()
 
         if let_through and (result.outcome is None or not result.outcome.recording_relpath):
             decision, let_through = self._recording_failed(result.call_id, "no recording path")
@@ -304,7 +326,11 @@ class CallHandler:
         commands = [execute("record_session", path, event_uuid=rec_id)]
         if call_id:
             commands = self._setvars([(ch.VAR_CALL_ID, call_id)]) + commands
-        replies = self.session.send_many(commands, self._left(self.ctx.command_timeout_s))
+        subscription = self._subscription_commands()
+        replies = self.session.send_many(subscription + commands,
+                                         self._left(self.ctx.command_timeout_s))
+        self._check(replies[:len(subscription)])
+        replies = replies[len(subscription):]
         self.call_id_set = bool(call_id) and replies[0].ok
         if not all(r.ok for r in replies):
             return "FreeSWITCH refused record_session"
@@ -449,7 +475,7 @@ class CallHandler:
         gone = self.session.expect(lambda m: (
             isinstance(m, EslEvent) and m.name in ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"))
             or (isinstance(m, Frame) and m.content_type == "text/disconnect-notice"))
-        commands = self._setvars(variables) + [execute("hangup", cause)]
+        commands = self._subscription_commands() + self._setvars(variables) + [execute("hangup", cause)]
         self._check(self.session.send_many(commands, self._left(self.ctx.command_timeout_s)))
         self.report.action = "hung_up"
         try:

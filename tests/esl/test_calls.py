@@ -81,6 +81,23 @@ def test_freeswitch_sends_a_call_handler_only_the_events_it_waits_for(rig: EslRi
     assert "RECORD_START" in result.events_sent  # what the recording check waits for still comes
 
 
+def test_the_subscription_goes_with_the_first_commands_after_the_decision(rig: EslRig) -> None:
+    """While the store decides, the channel sends the hub nothing to read (the decision writer
+    has the CPU); the subscription then precedes record_session in the same write, so its
+    RECORD_START is still caught."""
+    call = rig.fscall()
+    with StoreLock(rig.store_url):  # holds the decision back (less than its 500 ms budget)
+        call.start(timeout=15)
+        time.sleep(0.2)
+        assert [c.text for c in call._session.commands] == ["connect"]
+    result = call.join(15)
+    assert result.error is None and result.resumed
+    texts = [c.text for c in result.commands]
+    record = next(i for i, c in enumerate(result.commands) if c.header("execute-app-name") == "record_session")
+    assert texts.index("myevents") == 1 and texts.index("myevents") < record
+    assert "RECORD_START" in result.events_sent
+
+
 @pytest.mark.parametrize(("prof", "code"), [
     (profile(tenant=None), "TENANT_UNKNOWN"),
     (profile(tenant="nobody"), "TENANT_UNKNOWN"),
