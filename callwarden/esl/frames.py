@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote
 
 __all__ = [
@@ -149,6 +150,11 @@ def _first(pattern: re.Pattern[str], text: str) -> str | None:
     return unquote(value, errors="replace") if "%" in value else value
 
 
+@lru_cache(maxsize=64)
+def _header_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(name)}: ?(.*)$", re.M)
+
+
 def _parse_lines_slowly(block: bytes, limits: Limits) -> dict[str, str]:
     headers: dict[str, str] = {}
     lines = block.split(b"\n")
@@ -214,6 +220,15 @@ class EventBody:
         elif not declared.isdigit() or int(declared) != len(rest):
             raise ProtocolError("event body length does not match its Content-Length")
         self.body = rest
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """One header, without decoding the others (a handler asks an event for two or three
+        of its ~150): the first occurrence, URL-decoded, as in :attr:`headers`."""
+        if self._headers is not None:
+            return self._headers.get(name, default)
+        assert self._text is not None
+        value = _first(_header_pattern(name), self._text)
+        return default if value is None else value
 
     @property
     def headers(self) -> dict[str, str]:

@@ -73,6 +73,8 @@ class EslEvent:
         return self._headers
 
     def get(self, name: str, default: str | None = None) -> str | None:
+        if self._headers is None and self._event is not None:  # one header, the rest undecoded
+            return self._event.get(name, default)
         return self.headers.get(name, default)
 
 
