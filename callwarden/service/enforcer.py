@@ -33,7 +33,7 @@ from callwarden.recorder.naming import recording_relpath, spool_path
 from callwarden.service.group_commit import GroupCommit, Pending
 from callwarden.service.journal import OutageJournal
 from callwarden.service.recordings import RecordingService
-from callwarden.store import audit
+from callwarden.store import audit, hot
 from callwarden.store.db import StoreUnavailable, make_engine, make_sessionmaker, unit_of_work
 from callwarden.store.facts import GLOBAL, BatchFacts
 from callwarden.store.fit import fit, widths
@@ -323,10 +323,13 @@ class Enforcer:
         deadline passes before the writes comes back with None (nothing stored for it)."""
         observe = self.settings.mode == "observe"
         results: list[tuple[Pending, Outcome | None]] = []
-        with self.engine.begin() as conn:  # Core only: no ORM session on the hot path
-            head = audit.lock_head(conn, VERSION_COLUMN)
-            registry = self.registry.at_version(conn, head.also[0])
-            facts = BatchFacts(conn, [p.attempt for p in batch], self.rules)
+        # Core only, no ORM session on the hot path. On PostgreSQL three round trips: the begin
+        # with the head lock, the facts, the writes with the commit (hot.pipeline).
+        with self.engine.begin() as conn:
+            with hot.pipeline(conn):
+                head = audit.lock_head(conn, VERSION_COLUMN)
+                facts = BatchFacts(conn, [p.attempt for p in batch], self.rules)
+            registry = self.registry.at_version(conn, head.also[0])  # reloads outside a pipeline
             decided = []
             for p in batch:
                 d = decide(p.attempt, facts.facts(p.attempt, registry), self.rules)
@@ -359,11 +362,13 @@ class Enforcer:
                     "mode": self.settings.mode, "pbx_call_id": a.pbx_call_id,
                 }))
                 results.append((p, Outcome(p.call_id, d, let_through, relpath)))
-            _INSERT_CALL.executemany(conn, calls)
-            if recordings:
-                _INSERT_RECORDINGS.executemany(conn, recordings)
-                _LINK_RECORDINGS.execute(conn, {"cids": [r["call_id"] for r in recordings]})
-            audit.extend(conn, head, entries)
+            with hot.pipeline(conn):
+                _INSERT_CALL.executemany(conn, calls)
+                if recordings:
+                    _INSERT_RECORDINGS.executemany(conn, recordings)
+                    _LINK_RECORDINGS.execute(conn, {"cids": [r["call_id"] for r in recordings]})
+                audit.extend(conn, head, entries)
+                hot.commit(conn)
         return results
 
     def _call_row(self, p: Pending, d: Decision, observe: bool, now: float) -> dict:

@@ -57,6 +57,12 @@ class NewEntry:
 
 
 _HOT_INSERT_ENTRY, _HOT_MOVE_HEAD = HotStatements(_INSERT_ENTRY), HotStatements(_MOVE_HEAD)
+_HOT_NEW_HEAD = HotStatements(insert(AuditHead))
+
+
+@lru_cache(maxsize=8)
+def _also(also: tuple[Any, ...]) -> HotStatements:
+    return HotStatements(select(*also))
 
 
 @lru_cache(maxsize=8)
@@ -73,9 +79,9 @@ def lock_head(conn: Connection, *also: Any) -> Head:
     round trip (:attr:`Head.also`)."""
     rows = _head_with(also).execute(conn)
     head = rows[0] if rows else None
-    if head is None:
-        conn.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS))
-        extra = tuple(conn.execute(select(*also)).one()) if also else ()
+    if head is None:  # hot statements too: this may run inside a PostgreSQL pipeline
+        _HOT_NEW_HEAD.execute(conn, {"id": 1, "seq": 0, "hash": GENESIS})
+        extra = tuple(_also(also).execute(conn)[0]) if also else ()
         return Head(0, GENESIS, extra)
     return Head(head[0], head[1], tuple(head[2:]))
 

@@ -96,3 +96,28 @@ def test_a_lost_postgresql_connection_is_invalidated(engine) -> None:
         assert conn.invalidated
     with engine.connect() as conn:  # a new connection works
         assert hot.execute(conn) == []
+
+
+def test_a_pipeline_commits_its_writes_together_and_fails_them_together(engine) -> None:
+    """hot.pipeline + hot.commit (PostgreSQL: psycopg's pipeline mode, the COMMIT queued behind
+    the writes; SQLite: the transaction as usual): the writes land together, or, when one
+    fails, none of them and the error is SQLAlchemy's."""
+    from callwarden.store import hot as hot_mod
+
+    insert_call = HotStatements(insert(Call))
+    with engine.begin() as conn, hot_mod.pipeline(conn):
+        if engine.dialect.name == "postgresql":  # really in pipeline mode
+            from psycopg import pq
+            assert conn.connection.dbapi_connection.pgconn.pipeline_status != pq.PipelineStatus.OFF
+        insert_call.executemany(conn, [_row("p1", "1", T0), _row("p2", "2", T0)])
+        HotStatements(update(Call).where(Call.call_id == bindparam("cid"))
+                      .values(decision="deny")).execute(conn, {"cid": "p2"})
+        hot_mod.commit(conn)
+    with engine.connect() as other:
+        assert dict(other.execute(select(Call.call_id, Call.decision)).all()) == {"p1": "allow", "p2": "deny"}
+    with pytest.raises(IntegrityError), engine.begin() as conn, hot_mod.pipeline(conn):
+        insert_call.executemany(conn, [_row("p3", "3", T0)])
+        insert_call.executemany(conn, [_row("p1", "4", T0)])  # duplicate key
+        hot_mod.commit(conn)
+    with engine.connect() as other:
+        assert sorted(other.execute(select(Call.call_id)).scalars()) == ["p1", "p2"]
