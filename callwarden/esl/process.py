@@ -38,6 +38,24 @@ if CLEAN_START and not monkey.is_module_patched("socket"):
     # greenlet code uses gevent's primitives explicitly.
     monkey.patch_all(thread=False)
 
+
+def _psycopg_waits_in_c() -> None:
+    """psycopg sees the patched ``select`` and then waits for the server through gevent's
+    poll. Here psycopg runs only in native threads (the decision writer, the store gate's
+    pools, start-up checks before the hub serves), where that poll brings up a gevent hub per
+    thread: measured 2.8 ms of CPU per one-decision batch on PostgreSQL against ~1 ms with
+    psycopg's own C wait, which polls with the GIL released."""
+    try:
+        import psycopg.waiting as waiting
+    except ImportError:  # SQLite-only installation
+        return
+    if getattr(waiting, "wait_c", None) is not None:
+        waiting.wait = waiting.wait_c
+
+
+if CLEAN_START:
+    _psycopg_waits_in_c()
+
 import argparse  # noqa: E402 - everything below runs on patched modules
 import os  # noqa: E402
 import signal  # noqa: E402

@@ -195,6 +195,10 @@ def test_start_problems_exit_1(adapters) -> None:
     ("import callwarden.esl.process; from gevent import monkey; "
      "print(monkey.is_module_patched('socket'), monkey.is_module_patched('threading'))",
      "True False"),
+    # psycopg would wait through gevent's patched poll (a hub per native thread); here its
+    # waits stay in C (the store runs in native threads only).
+    ("import callwarden.esl.process; import psycopg.waiting as w; print(w.wait is w.wait_c)",
+     "True"),
 ])
 def test_monkey_patching_happens_first_or_not_at_all(code: str, expected: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
