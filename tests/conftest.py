@@ -9,6 +9,7 @@ a broken store).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import subprocess
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 from sqlalchemy import create_engine, text
 
@@ -95,6 +97,18 @@ def migrate(url: str) -> None:
     upgrade(engine)
     ensure_store_key(parse_settings({"store": {"url": url}}), engine)
     engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """A test that runs the CLI in process configures logging for the whole process (level
+    ``warning``, its runner's stream): put it back afterwards, or a later test's
+    ``capture_logs()`` misses the info events it asserts on, depending on test order."""
+    config, root = structlog.get_config(), logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
