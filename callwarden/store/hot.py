@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Executable
@@ -161,7 +162,7 @@ def pipeline(conn: Connection) -> Iterator[None]:
     before it). A decision batch is then three round trips (begin and the head lock, the facts,
     the writes with the commit: :func:`commit`) instead of nine. SQLite: nothing changes.
     Errors that surface when the pipeline is synced come back as ``DBAPIError``."""
-    if conn.dialect.name != "postgresql":
+    if conn.dialect.name != "postgresql" or not _pipeline_supported():
         yield
         return
     error = conn.dialect.loaded_dbapi.Error
@@ -170,6 +171,15 @@ def pipeline(conn: Connection) -> Iterator[None]:
             yield
     except error as exc:
         raise _wrapped(conn, exc, None, None) from exc
+
+
+@lru_cache(maxsize=1)
+def _pipeline_supported() -> bool:
+    """psycopg's pipeline mode needs libpq 14 or newer (the binary wheels bundle one; a
+    ``psycopg[c]`` build against an older system libpq has none): without it, plain round trips."""
+    import psycopg
+
+    return bool(psycopg.Pipeline.is_supported())
 
 
 def commit(conn: Connection) -> None:

@@ -98,15 +98,20 @@ def test_a_lost_postgresql_connection_is_invalidated(engine) -> None:
         assert hot.execute(conn) == []
 
 
-def test_a_pipeline_commits_its_writes_together_and_fails_them_together(engine) -> None:
+@pytest.mark.parametrize("libpq_pipeline", [True, False], ids=["pipeline", "no-pipeline"])
+def test_a_pipeline_commits_its_writes_together_and_fails_them_together(
+        engine, libpq_pipeline, monkeypatch) -> None:
     """hot.pipeline + hot.commit (PostgreSQL: psycopg's pipeline mode, the COMMIT queued behind
-    the writes; SQLite: the transaction as usual): the writes land together, or, when one
-    fails, none of them and the error is SQLAlchemy's."""
+    the writes, or plain round trips with a libpq too old for pipelines; SQLite: the
+    transaction as usual): the writes land together, or, when one fails, none of them and the
+    error is SQLAlchemy's."""
     from callwarden.store import hot as hot_mod
 
+    if not libpq_pipeline:
+        monkeypatch.setattr(hot_mod, "_pipeline_supported", lambda: False)
     insert_call = HotStatements(insert(Call))
     with engine.begin() as conn, hot_mod.pipeline(conn):
-        if engine.dialect.name == "postgresql":  # really in pipeline mode
+        if engine.dialect.name == "postgresql" and libpq_pipeline:  # really in pipeline mode
             from psycopg import pq
             assert conn.connection.dbapi_connection.pgconn.pipeline_status != pq.PipelineStatus.OFF
         insert_call.executemany(conn, [_row("p1", "1", T0), _row("p2", "2", T0)])
