@@ -36,6 +36,7 @@ from tests.sim.freeswitch import (
     FsEventSocketServer,
     Misbehaviour,
     ScriptedClock,
+    VirtualClock,
     parse_event_body,
     split_frames,
     url_encode,
@@ -437,7 +438,10 @@ def test_connect_reply_carries_the_call_parameters(listener):
 
 
 def test_commands_replies_and_transcript(listener, tmp_path):
-    call = FsCall("127.0.0.1", listener.getsockname()[1], loopback_peer=False).start(10)
+    # On a whole second: billsec is a difference of epoch seconds, so a call that started in
+    # the last milliseconds of one would bill 1 (seen once in CI).
+    switch = FreeSwitch(clock=VirtualClock(start_us=int(time.time()) * 1_000_000))
+    call = FsCall("127.0.0.1", listener.getsockname()[1], switch=switch, loopback_peer=False).start(10)
     c = Client(listener)
     c.command("connect")
     assert c.command("myevents")["Reply-Text"] == "+OK Events Enabled"
