@@ -30,6 +30,7 @@ from callwarden.policy import CallAttempt, Decision, Rules, decide, denial
 from callwarden.policy.reasons import ordered
 from callwarden.recorder import FinalizedRecording
 from callwarden.recorder.naming import recording_relpath, spool_path
+from callwarden.service.checkpoint import BackgroundCheckpoints
 from callwarden.service.group_commit import GroupCommit, Pending
 from callwarden.service.journal import OutageJournal
 from callwarden.service.recordings import RecordingService
@@ -157,11 +158,13 @@ class Enforcer:
     def __init__(self, settings: Settings, engine: Engine | None = None):
         self.settings = settings
         self.rules = Rules.from_settings(settings)
-        self.engine = engine or make_engine(
-            settings.store.url,
-            decision_timeout_ms=settings.decision_timeout_ms,
-            pool_size=settings.store.pool_size,
-        )
+        self.checkpoints: BackgroundCheckpoints | None = None
+        if engine is None:
+            engine = make_engine(settings.store.url, decision_timeout_ms=settings.decision_timeout_ms,
+                                 pool_size=settings.store.pool_size)
+            # SQLite: the WAL checkpoint runs in a thread of its own, not in a decision's commit.
+            self.checkpoints = BackgroundCheckpoints.install(engine)
+        self.engine = engine
         self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
         self.audit_key = open_store_key(settings, self.engine, store_may_be_down=True)
         self.timeout_s = settings.decision_timeout_ms / 1000
@@ -233,6 +236,8 @@ class Enforcer:
             self._answer(p, None, exc)
         for p, outcome in answers:
             self._answer(p, outcome)
+        if answers and self.checkpoints is not None:
+            self.checkpoints.after_commit()
         # Then the denials kept while the store could not take them, a piece at a time and only
         # while no decision waits: replaying must never be what makes a call miss its deadline.
         while answers and self.journal.pending and not self.writer.waiting:
