@@ -180,16 +180,16 @@ class CallHandler:
                 report.notes.append("socket should run 'async full'")
             report.stage = report.route or "route"
             self.ctx.inflight.begin(info.uuid)
-            if info.route != "outbound":  # outbound: with its first commands after the decision
-                self._subscribe()
-            if info.route == "outbound":
+            if info.route == "outbound":  # subscribes with its first commands after the decision
                 self._outbound(info, started)
-            elif info.route == "inbound":
-                self._inbound(info)
-            elif info.route == "optout":
-                self._optout(info)
             else:
-                self._unknown_route(info)
+                self._subscribe()
+                if info.route == "inbound":
+                    self._inbound(info)
+                elif info.route == "optout":
+                    self._optout(info)
+                else:
+                    self._unknown_route(info)
         except _CallerGone:
             report.action = report.action or "none"
             report.notes.append("caller hung up")

@@ -24,8 +24,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
 
 Processor = Callable[[Any], Any] | None
-#: One parameter of the DB-API call: (value's name, index in its IN list or None, processor).
-Slot = tuple[str, int | None, Processor]
+#: One parameter of the DB-API call: (value's name, index in its IN list or None, processor,
+#: its name in the SQL).
+Slot = tuple[str, int | None, Processor, str]
 
 
 class HotStatement:
@@ -47,6 +48,7 @@ class HotStatement:
         self._constants: dict[str, Any] = {
             name: bind.effective_value for name, bind in compiled.binds.items()
             if not bind.required and bind.effective_value is not None}
+        self._computed: list[tuple[str, Callable[[Any], Any]]] = []  # defaults made per row
         table = getattr(statement, "table", None)
         if column_keys is not None and table is not None and getattr(statement, "is_insert", False):
             for column in table.c:
@@ -55,16 +57,16 @@ class HotStatement:
                     continue
                 if default.is_scalar:
                     self._constants[column.key] = default.arg
-                elif default.is_callable:
-                    self._constants[column.key] = _CallDefault(default.arg)
+                elif default.is_callable:  # SQLAlchemy wraps it to take an execution context
+                    self._computed.append((column.key, default.arg))
         self._expanding = tuple(sorted(name for name, bind in compiled.binds.items()
                                        if bind.expanding))
         self._plans: dict[tuple[int, ...], tuple[str, list[Slot]]] = {}
         self._returns_rows = bool(getattr(statement, "is_select", False))
         columns = getattr(statement, "selected_columns", None)
-        self._results: list[Processor] = (
-            [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
-            if columns is not None else [])
+        results = ([c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
+                   if columns is not None else [])
+        self._results: list[Processor] = results if any(results) else []  # [] when none applies
 
     # -- planning --------------------------------------------------------------------------
 
@@ -80,27 +82,25 @@ class HotStatement:
             slots: list[Slot] = []
             for name in names or ():
                 base, index = origin.get(name, (name, None))
-                slots.append((base, index, self._processors.get(base)))
+                slots.append((base, index, self._processors.get(base), name))
             plan = self._plans[key] = (state.statement, slots)
         return plan
 
     def _values(self, given: Mapping[str, Any]) -> dict[str, Any]:
         values = dict(self._constants)
+        for name, make in self._computed:
+            values[name] = make(None)
         values.update(given)
-        for name, value in values.items():
-            if isinstance(value, _CallDefault):
-                values[name] = value()
         return values
 
     def _bind(self, slots: list[Slot], values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         bound = []
-        for name, index, process in slots:
+        for name, index, process, _ in slots:
             value = values[name] if index is None else values[name][index]
             bound.append(process(value) if process is not None and value is not None else value)
         if self._positional:
             return tuple(bound)
-        return {f"{name}_{index + 1}" if index is not None else name: value
-                for (name, index, _), value in zip(slots, bound, strict=True)}
+        return {key: value for (*_, key), value in zip(slots, bound, strict=True)}
 
     # -- running ---------------------------------------------------------------------------
 
@@ -110,7 +110,7 @@ class HotStatement:
         sql, slots = self._plan(values)
         bound = self._bind(slots, values)
         rows = self._run(conn, sql, bound, many=False)
-        if not self._results or not any(self._results):
+        if not self._results:
             return rows
         procs = self._results
         return [tuple(p(v) if p is not None else v for p, v in zip(procs, row, strict=True))
@@ -192,18 +192,6 @@ def commit(conn: Connection) -> None:
         conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
     except conn.dialect.loaded_dbapi.Error as exc:
         raise _wrapped(conn, exc, "COMMIT", None) from exc
-
-
-class _CallDefault:
-    """A column default computed per row (``default=utcnow``)."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[..., Any]):
-        self.fn = fn
-
-    def __call__(self) -> Any:
-        return self.fn(None)  # SQLAlchemy wraps plain callables to take an execution context
 
 
 class HotStatements:
