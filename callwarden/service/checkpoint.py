@@ -59,6 +59,11 @@ class BackgroundCheckpoints:
         self._last = now
         self._job = self._threads.submit(self.run)
 
+    def settle(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) for a checkpoint that is running to end."""
+        if self._job is not None:
+            concurrent.futures.wait([self._job], timeout)
+
     def run(self) -> None:
         """One PASSIVE checkpoint on a connection of its own (outside any transaction)."""
         try:
