@@ -345,7 +345,7 @@ async def place(pbx: Pbx, port: int, n: int, figures: Figures) -> None:
 
 
 async def closed_loop(ports: list[int], concurrency: int, seconds: float) -> Figures:
-    pbx = Pbx(cel=False)
+    pbx = Pbx(cel=False, keep_events=False)
     figures = Figures()
     deadline = time.monotonic() + seconds
     counter = iter(range(10**9))
@@ -360,7 +360,7 @@ async def closed_loop(ports: list[int], concurrency: int, seconds: float) -> Fig
 
 async def open_loop(ports: list[int], rate: float, seconds: float, max_inflight: int) -> Figures:
     """Set-ups due every 1/rate s from the start, whether or not earlier ones finished."""
-    pbx = Pbx(cel=False)
+    pbx = Pbx(cel=False, keep_events=False)
     figures = Figures()
     loop = asyncio.get_running_loop()
     inflight: set[asyncio.Task[None]] = set()
@@ -384,7 +384,7 @@ async def open_loop(ports: list[int], rate: float, seconds: float, max_inflight:
 
 
 async def burst(ports: list[int], size: int) -> Figures:
-    pbx = Pbx(cel=False)
+    pbx = Pbx(cel=False, keep_events=False)
     figures = Figures(started=size)
     await asyncio.gather(*(place(pbx, ports[n % len(ports)], n, figures) for n in range(size)))
     return figures

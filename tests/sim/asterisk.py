@@ -188,8 +188,25 @@ def parse_presentation(text: str) -> int | None:
     return None
 
 
+#: One argument of ``parse_args``: runs of quoted text (a missing closing quote runs to the end
+#: of the line), backslash escapes and other non-blank characters.
+_AGI_ARG = re.compile(r'(?:"(?:[^"\\]|\\.|\\$)*(?:"|$)|\\.|[^ \t"\\])+', re.DOTALL)
+#: What ``parse_args`` removes from an argument: unescaped quotes, and the backslash of an escape.
+_AGI_UNQUOTE = re.compile(r'\\(.?)|"', re.DOTALL)
+_AGI_BLANKS = re.compile(r"[ \t]+")
+
+
 def parse_agi_args(line: str) -> list[str]:
-    """``res_agi.c parse_args``: whitespace split, double quotes group, backslash escapes.
+    """``res_agi.c parse_args``, by regular expression (the load generator's hot path);
+    :func:`parse_agi_args_by_char` is the literal model, and a test holds the two equal."""
+    if '"' not in line and "\\" not in line:
+        return [word for word in _AGI_BLANKS.split(line) if word]
+    return [_AGI_UNQUOTE.sub(lambda m: m.group(1) or "", arg) for arg in _AGI_ARG.findall(line)]
+
+
+def parse_agi_args_by_char(line: str) -> list[str]:
+    """``res_agi.c parse_args`` character by character, as written in C: whitespace split,
+    double quotes group, backslash escapes.
 
     Only space and tab separate arguments; a trailing CR stays part of the last argument,
     exactly as in Asterisk.
@@ -478,6 +495,7 @@ class Pbx:
         tz: tzinfo = UTC,
         cel: bool = True,
         system_name: str = "",
+        keep_events: bool = True,
     ) -> None:
         self.clock = clock
         #: asterisk.conf ``systemname`` (CoreSettings' SystemName; real uniqueids then start
@@ -487,8 +505,11 @@ class Pbx:
         self.cel_enabled = cel
         self.channels: dict[str, Channel] = {}
         self.globals: dict[str, str] = {}
-        #: Every message emitted, encoded, in order (whether or not a client received it).
+        #: Every message emitted, encoded, in order (whether or not a client received it);
+        #: with ``keep_events=False`` (a load generator) nothing is kept, and an event no AMI
+        #: client is connected to receive is not even encoded.
         self.events: list[bytes] = []
+        self.keep_events = keep_events
         self._sinks: list[EventSink] = []
         self._command_ids = command_ids or (lambda: random.randrange(0, 2**31))
         self._bridge_ids = bridge_ids or (lambda: str(uuid.uuid4()))
@@ -525,16 +546,21 @@ class Pbx:
     def emit(self, event: str, fields: Fields, *, privilege: str | None = None) -> float:
         """Send ``Event/Privilege/Timestamp`` + fields to every subscribed AMI session."""
         ts = self.clock()
+        if not self._sinks and not self.keep_events:
+            return float(ts)
         privilege = privilege or EVENT_PRIVILEGE.get(event, "call,all")
         head = [("Event", event), ("Privilege", privilege), ("Timestamp", format_ts(ts))]
         data = encode_message(head + fields)
-        self.events.append(data)
+        if self.keep_events:
+            self.events.append(data)
         for sink in list(self._sinks):
             sink(event, privilege, data)
         return float(ts)
 
     def emit_chan(self, event: str, chan: Channel,
                   extra: Sequence[tuple[str, str]] = ()) -> float:
+        if not self._sinks and not self.keep_events:
+            return float(self.clock())
         return self.emit(event, chan.snapshot() + list(extra))
 
     def cel(self, name: str, chan: Channel, *, ani: str = "", peer: str = "",
@@ -554,7 +580,8 @@ class Pbx:
         ]
         head = [("Event", "CEL"), ("Privilege", "call,all"), ("Timestamp", format_ts(ts))]
         data = encode_message(head + fields)
-        self.events.append(data)
+        if self.keep_events:
+            self.events.append(data)
         if self.cel_enabled:
             for sink in list(self._sinks):
                 sink("CEL", "call,all", data)
@@ -706,6 +733,11 @@ AGI_COMMANDS = (
     "speech set", "speech destroy", "speech load grammar", "speech unload grammar",
     "speech activate grammar", "speech deactivate grammar", "speech recognize", "gosub",
 )
+
+#: AGI_COMMANDS by first word, each group in table order (find_command's first match wins).
+_AGI_COMMANDS_BY_FIRST_WORD: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+for _name in AGI_COMMANDS:
+    _AGI_COMMANDS_BY_FIRST_WORD.setdefault(_name.split()[0], []).append((_name, tuple(_name.split())))
 
 #: Usage text sent between ``520-...`` and ``520 End of proper usage.`` (xmldoc descriptions,
 #: paragraphs joined by newlines). "get variable" is byte-exact from the capture; the others are
@@ -1139,8 +1171,9 @@ class AgiCall:
     @staticmethod
     def _find_command(argv: list[str]) -> str | None:
         """``find_command(argv, 0)``: every word of the command must match, case-insensitive."""
-        for name in AGI_COMMANDS:
-            words = name.split()
+        if not argv:
+            return None
+        for name, words in _AGI_COMMANDS_BY_FIRST_WORD.get(argv[0].lower(), ()):
             if len(argv) >= len(words) and all(
                     a.lower() == w for a, w in zip(argv, words, strict=False)):
                 return name

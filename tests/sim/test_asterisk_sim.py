@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from .asterisk import (
     AMI_BANNER,
@@ -31,6 +33,7 @@ from .asterisk import (
     OutboundCall,
     Pbx,
     parse_agi_args,
+    parse_agi_args_by_char,
 )
 
 TRACES = Path(__file__).resolve().parent / "captures" / "asterisk"
@@ -558,6 +561,30 @@ def test_parse_agi_args_matches_res_agi() -> None:
     assert parse_agi_args('SET VARIABLE X ""') == ["SET", "VARIABLE", "X", ""]
     assert parse_agi_args(r'SET VARIABLE X a\"b') == ["SET", "VARIABLE", "X", 'a"b']
     assert parse_agi_args("GET  VARIABLE\tY\r") == ["GET", "VARIABLE", "Y\r"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet='ab" \t\\\r=,|é', max_size=24))
+def test_the_fast_argument_parser_splits_as_the_literal_model(line: str) -> None:
+    """The regex parser the load generator uses agrees with res_agi.c's loop, character for
+    character, on quotes, escapes, blanks and their odd combinations."""
+    assert parse_agi_args(line) == parse_agi_args_by_char(line)
+
+
+
+def test_a_load_generator_pbx_keeps_no_events_but_still_sends_them_to_clients() -> None:
+    """``keep_events=False`` (the benches) stores nothing; a connected AMI client still gets
+    every event, encoded as always."""
+    kept, lean = Pbx(), Pbx(keep_events=False)
+    received: list[bytes] = []
+    for pbx in (kept, lean):
+        chan = pbx.add_channel(Channel(name="PJSIP/carrier-000000aa", uniqueid="1.1"))
+        pbx.set_variable(chan, "A", "1")
+    assert kept.events and not lean.events
+    lean.subscribe(lambda event, privilege, data: received.append(data))
+    lean.set_variable(lean.find_channel("PJSIP/carrier-000000aa"), "B", "2")
+    assert not lean.events
+    assert len(received) == 1 and b"Event: VarSet\r\n" in received[0] and b"Variable: B\r\n" in received[0]
 
 
 # ---------------------------------------------------------------------------------------------
