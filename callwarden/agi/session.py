@@ -23,6 +23,7 @@ from callwarden.agi.wire import (
     MAX_USAGE_LINES,
     AgiProtocolError,
     AgiReply,
+    mset_argument,
     parse_reply_line,
     quote,
     read_line,
@@ -178,6 +179,30 @@ class AgiSession(Request):
 
     async def set_variable(self, name: str, value: str) -> AgiReply:
         return await self.send_command(f"SET VARIABLE {name} {quote(value)}")
+
+    async def set_variables(self, pairs: list[tuple[str, str]],
+                            also: tuple[str, ...] = ()) -> dict[str, str | None]:
+        """Set channel variables, in order, and return the values of ``also`` read after them
+        (unset and empty both None).
+
+        Two round trips instead of one per variable: ``EXEC MSet`` sets them all, then one
+        ``GET FULL VARIABLE`` reads every one of them back together with ``also``. Only what
+        the read-back shows counts: if MSet is refused, a value cannot be carried by it, or
+        any variable reads back other than it was meant to be, each is set again with
+        ``SET VARIABLE``, so the dialplan finds exactly these values either way.
+        """
+        names = [name for name, _ in pairs]
+        argument = mset_argument(pairs) if len(pairs) > 1 else None
+        if argument is not None:
+            reply = await self.send_command(f"EXEC MSet {argument}")
+            if reply.ok and reply.result == 0:
+                seen = dict(zip([*names, *also], await self.get_variables(*names, *also),
+                                strict=True))
+                if all(seen[name] == (value or None) for name, value in pairs):
+                    return {name: seen[name] for name in also}
+        for name, value in pairs:
+            await self.set_variable(name, value)
+        return dict(zip(also, await self.get_variables(*also), strict=True)) if also else {}
 
     async def exec_app(self, app: str, data: str | None = None) -> AgiReply:
         """``EXEC app data``: ``200 result=-2`` means no such application."""

@@ -32,6 +32,11 @@ _ENV_LINE = re.compile(r"agi_[a-z0-9_]{1,40}: [^\x00-\x08\x0a-\x1f\x7f]*")
 _REPLY_200 = re.compile(r"200 result=(-?\d*)(?: (.*))?")
 _SAFE_VALUE = re.compile(r"[^\x00-\x1f\x7f\"\\]*")
 _REPLY_CODE = re.compile(r"(\d{3})[ -].*|(\d{3})")
+#: What ``MSet`` can carry with no escaping but a comma's: a channel variable name, and a value
+#: free of the characters Asterisk's application-argument parser treats specially (quotes,
+#: backslashes, brackets, parentheses, ``=``, ``|``, ``$``, blanks).
+_MSET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}", re.ASCII)
+_MSET_VALUE = re.compile(r"[A-Za-z0-9_.:@/+,-]{0,200}", re.ASCII)
 
 
 class AgiProtocolError(Exception):
@@ -147,3 +152,22 @@ def quote(value: str) -> str:
     if not _SAFE_VALUE.fullmatch(value):
         raise ValueError("AGI argument contains a quote, backslash or control character")
     return f'"{value}"'
+
+
+def mset_argument(pairs: list[tuple[str, str]]) -> str | None:
+    r"""``EXEC MSet``'s argument setting every pair, as one quoted AGI argument; None when a name
+    or value is outside what MSet carries safely (the caller then sets them one by one).
+
+    Two parsers read it: AGI's ``parse_args`` (quotes group, a backslash escapes the next
+    character) and then MSet's ``ast_app_separate_args`` (commas separate pairs, a backslash
+    escapes). A comma inside a value is therefore sent as ``\\,``: AGI leaves ``\,``, and
+    MSet keeps a literal comma.
+    """
+    if not pairs:
+        return None
+    parts = []
+    for name, value in pairs:
+        if not _MSET_NAME.fullmatch(name) or not _MSET_VALUE.fullmatch(value):
+            return None
+        parts.append(f"{name}={value}".replace(",", "\\\\,"))
+    return '"' + ",".join(parts) + '"'

@@ -233,7 +233,7 @@ def test_channel_values_are_read_in_one_round_trip(make_settings, seeded_url) ->
                 '${CALLWARDEN_CAMPAIGN}|~|${CALLWARDEN_PURPOSE}|~|${CALLERID(num)}|~|'
                 '${CALLERPRES()}"')
             assert [c.split(" ", 2)[:2] for c in result.commands[1:]] == [
-                ["EXEC", "MixMonitor"], ["GET", "VARIABLE"]] + [["SET", "VARIABLE"]] * 4
+                ["EXEC", "MixMonitor"], ["EXEC", "MSet"], ["GET", "FULL"]]
 
             odd = r.agi_call(variables={"CALLWARDEN_CAMPAIGN": "renewals|~|x"})
             result = await odd.run(timeout=10)
@@ -243,5 +243,105 @@ def test_channel_values_are_read_in_one_round_trip(make_settings, seeded_url) ->
                 "GET VARIABLE CALLWARDEN_CAMPAIGN", "GET VARIABLE CALLWARDEN_PURPOSE",
                 "GET VARIABLE CALLERID(num)", "GET VARIABLE CALLERPRES()"]
             assert r.call_row(odd.channel.uniqueid).campaign == "renewals|~|x"
+
+    run(body())
+
+
+def test_results_go_out_in_one_mset_checked_by_one_read_back(make_settings, seeded_url) -> None:
+    """Four commands for a recorded call: the values, MixMonitor, one ``EXEC MSet`` for every
+    result variable and one ``GET FULL VARIABLE`` that reads them all back together with
+    ``MIXMONITOR_FILENAME``. A deny with several reasons carries its commas through MSet's
+    comma-separated argument (escaped) and reads back whole; then the hangup."""
+
+    async def body() -> None:
+        when = dt.datetime(2026, 3, 2, 22, 30, tzinfo=CST)  # quiet hours, and no consent
+        async with rig(make_settings, seeded_url, with_ami=False) as r:
+            result = await r.agi_call().run(timeout=10)
+            v = result.variables
+            assert len(result.commands) == 4 and result.commands[1].startswith("EXEC MixMonitor")
+            mset, readback = result.commands[2:]
+            assert mset == (f'EXEC MSet "CALLWARDEN_DECISION=allow,CALLWARDEN_REASONS=,'
+                            f'CALLWARDEN_CALL_ID={v["CALLWARDEN_CALL_ID"]},CALLWARDEN_ENFORCED=yes"')
+            assert readback == ('GET FULL VARIABLE "${CALLWARDEN_DECISION}|~|${CALLWARDEN_REASONS}|~|'
+                                '${CALLWARDEN_CALL_ID}|~|${CALLWARDEN_ENFORCED}|~|${MIXMONITOR_FILENAME}"')
+            assert (v["CALLWARDEN_DECISION"], v["CALLWARDEN_ENFORCED"]) == ("allow", "yes")
+            assert v["MIXMONITOR_FILENAME"].endswith(".wav") and v["CALLWARDEN_REASONS"] == ""
+        async with rig(make_settings, seeded_url, with_ami=False, clock=fixed_clock(when)) as r:
+            call = r.agi_call(args=("13600136000",))
+            result = await call.run(timeout=10)
+            v = result.variables
+            assert {"QUIET_HOURS", "NO_CONSENT"} <= set(v["CALLWARDEN_REASONS"].split(","))
+            assert [c.split(" ", 2)[:2] for c in result.commands[1:]] == [
+                ["EXEC", "MSet"], ["GET", "FULL"], ["EXEC", "Hangup"]]
+            assert "\\\\," in result.commands[1]  # the comma inside a value, escaped twice
+            assert r.call_row(call.channel.uniqueid).reasons == v["CALLWARDEN_REASONS"]
+
+    run(body())
+
+
+def _mset_without_escapes(call):  # noqa: ANN001, ANN202
+    """An MSet that splits on every comma, ignoring backslashes: a PBX whose parser differs."""
+
+    async def mset(data: str) -> int:
+        for entry in data.split(","):
+            name, sep, value = entry.partition("=")
+            if sep:
+                call.pbx.set_variable(call.channel, name, value)
+        return 0
+
+    return mset
+
+
+@pytest.mark.parametrize("pbx", ["no MSet application", "MSet parsing differently"])
+def test_results_are_set_one_by_one_when_mset_cannot_be_trusted(make_settings, seeded_url,
+                                                                  pbx) -> None:
+    """Without MSet (``result=-2``), or with one whose results read back wrong, every result
+    variable is set again with SET VARIABLE: the dialplan finds exactly the decision."""
+
+    async def body() -> None:
+        when = dt.datetime(2026, 3, 2, 22, 30, tzinfo=CST)
+        async with rig(make_settings, seeded_url, with_ami=False, clock=fixed_clock(when)) as r:
+            call = r.agi_call(args=("13600136000",))
+            if pbx == "no MSet application":
+                del call.apps["mset"]
+            else:
+                call.apps["mset"] = _mset_without_escapes(call)
+            result = await call.run(timeout=10)
+            v = result.variables
+            assert {"QUIET_HOURS", "NO_CONSENT"} <= set(v["CALLWARDEN_REASONS"].split(","))
+            assert (v["CALLWARDEN_DECISION"], v["CALLWARDEN_ENFORCED"]) == ("deny", "yes")
+            sets = [c.split(" ")[2] for c in result.commands if c.startswith("SET VARIABLE")]
+            assert sets == ["CALLWARDEN_DECISION", "CALLWARDEN_REASONS", "CALLWARDEN_CALL_ID",
+                            "CALLWARDEN_ENFORCED", "CALLWARDEN_HANGUPCAUSE"]
+            assert result.commands[-1].startswith("EXEC Hangup")
+            assert (result.hangup_source, v["CALLWARDEN_HANGUPCAUSE"]) == ("agi", str(result.hangup_cause))
+
+    run(body())
+
+
+def test_a_stale_mixmonitor_filename_turns_the_published_allow_into_a_deny(
+        make_settings, seeded_url) -> None:
+    """MIXMONITOR_FILENAME is read with the results: if it names another file (MixMonitor did
+    not take ours), the allow already set is replaced by RECORDING_UNAVAILABLE and the channel
+    hung up before the dialplan can read anything."""
+
+    async def body() -> None:
+        async with rig(make_settings, seeded_url, with_ami=False) as r:
+            call = r.agi_call()
+
+            async def stale_mixmonitor(data: str) -> int:
+                r.pbx.set_variable(call.channel, "MIXMONITOR_FILENAME", "/var/spool/old.wav")
+                return 0
+
+            call.apps["mixmonitor"] = stale_mixmonitor
+            result = await call.run(timeout=10)
+            v = result.variables
+            assert (v["CALLWARDEN_DECISION"], v["CALLWARDEN_REASONS"]) == ("deny", "RECORDING_UNAVAILABLE")
+            assert [c.split(" ", 2)[:2] for c in result.commands[1:]] == [
+                ["EXEC", "MixMonitor"], ["EXEC", "MSet"], ["GET", "FULL"], ["EXEC", "MSet"],
+                ["GET", "FULL"], ["EXEC", "Hangup"]]
+            assert result.hangup_source == "agi"
+            row = r.call_row(call.channel.uniqueid)
+            assert (row.decision, row.reasons) == ("deny", "RECORDING_UNAVAILABLE")
 
     run(body())

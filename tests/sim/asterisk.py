@@ -204,6 +204,54 @@ def parse_agi_args(line: str) -> list[str]:
     return [_AGI_UNQUOTE.sub(lambda m: m.group(1) or "", arg) for arg in _AGI_ARG.findall(line)]
 
 
+def separate_app_args(buf: str, delim: str, arraylen: int) -> list[str]:
+    """``__ast_app_separate_args(buf, delim, remove_chars=1, array, arraylen)`` (main/app.c):
+    how dialplan applications split their argument. Parentheses and brackets nest (a
+    delimiter inside them does not split), double quotes group and are removed, a backslash
+    is removed and the character after it taken literally; the last of ``arraylen`` slots
+    takes the rest unsplit and unscanned, and a delimiter at the very end adds one empty
+    argument."""
+    args: list[str] = []
+    i, n = 0, len(buf)
+    paren = bracket = quote = 0
+    ended_on_delim = False
+    while i < n and len(args) < arraylen - 1:
+        cur: list[str] = []
+        ended_on_delim = False
+        while i < n:
+            ch = buf[i]
+            if ch == "(":
+                paren += 1
+            elif ch == ")":
+                paren = max(0, paren - 1)
+            elif ch == "[":
+                bracket += 1
+            elif ch == "]":
+                bracket = max(0, bracket - 1)
+            elif ch == '"' and delim != '"':
+                quote ^= 1
+                i += 1
+                continue
+            elif ch == "\\":
+                i += 1
+                if i < n:
+                    cur.append(buf[i])
+                    i += 1
+                continue
+            elif ch == delim and not paren and not quote and not bracket:
+                i += 1
+                ended_on_delim = True
+                break
+            cur.append(ch)
+            i += 1
+        args.append("".join(cur))
+    if i < n:
+        args.append(buf[i:])  # the scan stopped: the rest is taken as it is
+    elif ended_on_delim:
+        args.append("")
+    return args
+
+
 def parse_agi_args_by_char(line: str) -> list[str]:
     """``res_agi.c parse_args`` character by character, as written in C: whitespace split,
     double quotes group, backslash escapes.
@@ -930,7 +978,7 @@ class AgiCall:
             "mixmonitor": self._app_mixmonitor, "stopmixmonitor": self._app_stopmixmonitor,
             "verbose": self._app_zero, "noop": self._app_zero, "log": self._app_zero,
             "wait": self._app_wait, "hangup": self._app_hangup, "set": self._app_set,
-            "answer": self._app_answer, "playback": self._app_zero,
+            "mset": self._app_mset, "answer": self._app_answer, "playback": self._app_zero,
         }
 
     # -- public API ---------------------------------------------------------------------------
@@ -1289,6 +1337,15 @@ class AgiCall:
         name, sep, value = data.partition("=")
         if sep:
             self.pbx.set_variable(self.channel, name.strip(), value)
+        return 0
+
+    async def _app_mset(self, data: str) -> int:
+        """``pbx_builtin_setvar_multiple``: comma-separated ``name=value`` pairs (at most 99),
+        both split by ``ast_app_separate_args``; an entry without ``=`` is ignored."""
+        for entry in separate_app_args(data, ",", 100):
+            pair = separate_app_args(entry, "=", 2)
+            if len(pair) == 2:
+                self.pbx.set_variable(self.channel, pair[0], pair[1])
         return 0
 
     async def _app_answer(self, data: str) -> int:

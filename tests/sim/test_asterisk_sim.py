@@ -34,6 +34,7 @@ from .asterisk import (
     Pbx,
     parse_agi_args,
     parse_agi_args_by_char,
+    separate_app_args,
 )
 
 TRACES = Path(__file__).resolve().parent / "captures" / "asterisk"
@@ -571,6 +572,15 @@ def test_the_fast_argument_parser_splits_as_the_literal_model(line: str) -> None
     assert parse_agi_args(line) == parse_agi_args_by_char(line)
 
 
+
+def test_application_arguments_split_as_ast_app_separate_args() -> None:
+    """main/app.c with remove_chars: commas split outside (), [] and quotes; quotes and
+    backslashes go, the escaped character stays; the last slot takes the rest unscanned."""
+    assert separate_app_args(r"A=allow,B=X\,Y,C=", ",", 100) == ["A=allow", "B=X,Y", "C="]
+    assert separate_app_args('f(a,b),"c,d",[e,f],', ",", 100) == ["f(a,b)", "c,d", "[e,f]", ""]
+    assert separate_app_args("C=", "=", 2) == ["C", ""]
+    assert separate_app_args(r"x=y=\z", "=", 2) == ["x", r"y=\z"]
+    assert separate_app_args("", ",", 100) == []
 
 def test_a_load_generator_pbx_keeps_no_events_but_still_sends_them_to_clients() -> None:
     """``keep_events=False`` (the benches) stores nothing; a connected AMI client still gets

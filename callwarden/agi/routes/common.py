@@ -34,11 +34,12 @@ def mixmonitor_file(ctx: RouteContext, relpath: str) -> str:
 
 
 async def start_mixmonitor(session: AgiSession, path: str) -> str | None:
-    """Start recording the channel into ``path``. Returns None on success, else why not.
+    """Start recording the channel into ``path``. Returns None if it started, else why not.
 
-    Success means all of: the path is safe to hand to MixMonitor, ``EXEC MixMonitor``
-    answered ``200 result=0``, and ``MIXMONITOR_FILENAME`` now names our file (a stale value
-    from an earlier MixMonitor on the channel does not count).
+    Started means: the path is safe to hand to MixMonitor and ``EXEC MixMonitor`` answered
+    ``200 result=0``. The caller still checks that ``MIXMONITOR_FILENAME`` now names our file
+    (:func:`misnamed_recording`; a stale value from an earlier MixMonitor on the channel does
+    not count), read in the same round trip as the published results.
     """
     if not _SAFE_PATH.fullmatch(path) or "/../" in path:
         return "recording path has characters MixMonitor cannot take safely"
@@ -53,13 +54,19 @@ async def start_mixmonitor(session: AgiSession, path: str) -> str | None:
         return "MixMonitor application is not loaded (app_mixmonitor)"
     if reply.result != 0:
         return f"MixMonitor failed (result={reply.result})"
-    filename = await session.get_variable("MIXMONITOR_FILENAME")
+    return None
+
+
+def misnamed_recording(filename: str | None, path: str) -> str | None:
+    """Why ``MIXMONITOR_FILENAME`` (as read after MixMonitor started) is not our recording, or
+    None when it names ``path``."""
     if filename is None or (filename != path and Path(filename) != Path(path)):
         return "MIXMONITOR_FILENAME does not name the requested file"
     return None
 
 
-async def publish(session: AgiSession, variables: list[tuple[str, str]]) -> None:
-    """Set channel variables in order (the dialplan reads them after the AGI returns)."""
-    for name, value in variables:
-        await session.set_variable(name, value)
+async def publish(session: AgiSession, variables: list[tuple[str, str]],
+                  also: tuple[str, ...] = ()) -> dict[str, str | None]:
+    """Set channel variables (the dialplan reads them after the AGI returns); returns the
+    values of ``also``, read in the same round trip as the check that they were set."""
+    return await session.set_variables(variables, also)

@@ -10,7 +10,13 @@ start is logged and marked failed, and the call goes on.
 from __future__ import annotations
 
 from callwarden.agi.callbook import TrackedCall
-from callwarden.agi.routes.common import mixmonitor_file, publish, read_variables, start_mixmonitor
+from callwarden.agi.routes.common import (
+    misnamed_recording,
+    mixmonitor_file,
+    publish,
+    read_variables,
+    start_mixmonitor,
+)
 from callwarden.agi.routes.registry import CallReport, RouteContext, register
 from callwarden.agi.session import AgiSession
 from callwarden.log import get_logger
@@ -33,10 +39,17 @@ async def inbound(session: AgiSession, ctx: RouteContext, report: CallReport) ->
     call_id = await ctx.gate.call(enforcer.log_inbound, call, timeout=ctx.store_timeout_s)
     report.call_id, report.decision, report.let_through = call_id, "allow", True
 
-    recorded = False
+    results = [("CALLWARDEN_DECISION", "allow"), ("CALLWARDEN_REASONS", ""),
+               ("CALLWARDEN_CALL_ID", call_id)]
+    recorded = published = False
     if ctx.settings.recording.record_inbound:
         relpath = await ctx.gate.call(enforcer.start_recording, call_id, timeout=ctx.store_timeout_s)
-        error = await start_mixmonitor(session, mixmonitor_file(ctx, relpath))
+        path = mixmonitor_file(ctx, relpath)
+        error = await start_mixmonitor(session, path)
+        if error is None:  # the results go out with the check that MixMonitor writes our file
+            seen = await publish(session, results, also=("MIXMONITOR_FILENAME",))
+            published = True
+            error = misnamed_recording(seen["MIXMONITOR_FILENAME"], path)
         recorded = error is None
         report.recording = "started" if recorded else "failed"
         if error is not None:
@@ -47,5 +60,5 @@ async def inbound(session: AgiSession, ctx: RouteContext, report: CallReport) ->
     if ctx.book is not None and session.uniqueid:
         ctx.book.add(TrackedCall(uniqueid=session.uniqueid, call_id=call_id, direction="inbound",
                                  channel=session.channel, has_recording=recorded))
-    await publish(session, [("CALLWARDEN_DECISION", "allow"), ("CALLWARDEN_REASONS", ""),
-                            ("CALLWARDEN_CALL_ID", call_id)])
+    if not published:
+        await publish(session, results)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from callwarden.agi.callbook import TrackedCall
 from callwarden.agi.routes.common import (
     caller_hidden,
+    misnamed_recording,
     mixmonitor_file,
     publish,
     read_variables,
@@ -55,29 +56,43 @@ async def outbound(session: AgiSession, ctx: RouteContext, report: CallReport) -
     decision, let_through, call_id = result.decision, result.let_through, result.call_id
     report.decision_ms = result.latency_ms
 
-    recorded = False
+    recorded = published = False
     if let_through and result.outcome is not None and result.outcome.recording_relpath:
-        error = await start_mixmonitor(session, mixmonitor_file(ctx, result.outcome.recording_relpath))
+        path = mixmonitor_file(ctx, result.outcome.recording_relpath)
+        error = await start_mixmonitor(session, path)
+        if error is None:
+            # the results go out with the check that MixMonitor writes our file (one round trip)
+            seen = await publish(session, _results(decision, call_id, let_through),
+                                 also=("MIXMONITOR_FILENAME",))
+            published = True
+            error = misnamed_recording(seen["MIXMONITOR_FILENAME"], path)
         if error is None:
             recorded, report.recording = True, "started"
         else:
             report.recording, report.notes = "failed", [*report.notes, error]
             decision, let_through = await _recording_failed(ctx, call_id, error)
+            published = False  # what went out said allow: the deny replaces it
 
     report.decision, report.reasons = decision.decision, decision.codes
     report.call_id, report.let_through = call_id, let_through
     if call_id and ctx.book is not None and session.uniqueid:
         ctx.book.add(_tracked(session, call_id, decision, attempt, recorded))
 
+    if not published:
+        await publish(session, _results(decision, call_id, let_through))
+    if not let_through and not session.hung_up:
+        report.hung_up = await session.hangup_with_cause(decision.hangup_cause_code or 21)
+
+
+def _results(decision: Decision, call_id: str | None, let_through: bool) -> list[tuple[str, str]]:
+    """The channel variables the dialplan reads after the AGI returns."""
     variables = [("CALLWARDEN_DECISION", decision.decision),
                  ("CALLWARDEN_REASONS", ",".join(decision.codes)),
                  ("CALLWARDEN_CALL_ID", call_id or ""),
                  ("CALLWARDEN_ENFORCED", "no" if let_through and not decision.allowed else "yes")]
     if not decision.allowed:
         variables.append(("CALLWARDEN_HANGUPCAUSE", str(decision.hangup_cause_code)))
-    await publish(session, variables)
-    if not let_through and not session.hung_up:
-        report.hung_up = await session.hangup_with_cause(decision.hangup_cause_code or 21)
+    return variables
 
 
 async def _recording_failed(ctx: RouteContext, call_id: str | None, error: str) -> tuple[Decision, bool]:
