@@ -36,7 +36,7 @@ from callwarden.esl.protocol import ConnectionClosed, EslEvent, EslTimeout, Mess
 from callwarden.esl.store_gate import StoreGate
 from callwarden.log import get_logger
 from callwarden.policy import CallAttempt, Decision, denial
-from callwarden.recorder.naming import spool_path
+from callwarden.recorder.naming import spool_file
 from callwarden.service.call_report import CallReport as BaseCallReport
 from callwarden.service.enforcer import InboundCall
 
@@ -303,7 +303,7 @@ class CallHandler:
 
     def _start_recording(self, call_id: str | None, relpath: str) -> str | None:
         """record_session into the spool; None once RECORD_START proves it runs, else why not."""
-        path = str(spool_path(self.ctx.recording_dir, relpath))
+        path = spool_file(self.ctx.recording_dir, relpath)
         if not _SAFE_PATH.fullmatch(path) or "/../" in path:
             return "recording path has characters record_session cannot take safely"
         if self.hung_up:

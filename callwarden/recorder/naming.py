@@ -8,6 +8,7 @@ whose default local root is ``<recording dir>/store``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from datetime import datetime
@@ -18,6 +19,7 @@ __all__ = [
     "STORE_DIRNAME",
     "check_relpath",
     "recording_relpath",
+    "spool_file",
     "spool_path",
     "store_root",
 ]
@@ -73,6 +75,18 @@ def check_relpath(relpath: str) -> str:
 def spool_path(recording_dir: str | os.PathLike[str], relpath: str) -> Path:
     """Where the PBX writes the live file: ``<recording_dir>/spool/<relpath>``."""
     return Path(recording_dir) / SPOOL_DIRNAME / check_relpath(relpath)
+
+
+def spool_file(recording_dir: str | os.PathLike[str], relpath: str) -> str:
+    """``str(spool_path(recording_dir, relpath))``, for the call set-up path: the directory
+    is normalised once, the checked relative path (no empty, ``.`` or ``..`` parts) appended
+    as text (pathlib cost ~0.1 ms per call there)."""
+    return _spool_prefix(os.fspath(recording_dir)) + check_relpath(relpath)
+
+
+@functools.lru_cache(maxsize=32)
+def _spool_prefix(recording_dir: str) -> str:
+    return os.path.join(str(Path(recording_dir) / SPOOL_DIRNAME), "")
 
 
 def store_root(recording_dir: str | os.PathLike[str]) -> Path:

@@ -11,14 +11,16 @@ thread-safe (one session per call), run from the adapters' thread pools.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime as dt
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,7 +31,7 @@ from callwarden.numbers import Number, mask, mask_raw, try_normalize
 from callwarden.policy import CallAttempt, Decision, Rules, decide, denial
 from callwarden.policy.reasons import ordered
 from callwarden.recorder import FinalizedRecording
-from callwarden.recorder.naming import recording_relpath, spool_path
+from callwarden.recorder.naming import recording_relpath, spool_file
 from callwarden.service.checkpoint import BackgroundCheckpoints
 from callwarden.service.group_commit import GroupCommit, Pending
 from callwarden.service.journal import OutageJournal
@@ -173,7 +175,8 @@ class Enforcer:
         self.journal = OutageJournal(settings.store.journal
                                      or self.recording_dir / "outage-journal.jsonl")
         self.registry = SnapshotCache()
-        self.writer = GroupCommit(self._store_batch)
+        self._writer_conn: Connection | None = None  # the writer thread's, kept between batches
+        self.writer = GroupCommit(self._store_batch, on_idle=self._release_writer_connection)
 
     # -- outbound ---------------------------------------------------------------------------
 
@@ -330,7 +333,7 @@ class Enforcer:
         results: list[tuple[Pending, Outcome | None]] = []
         # Core only, no ORM session on the hot path. On PostgreSQL three round trips: the begin
         # with the head lock, the facts, the writes with the commit (hot.pipeline).
-        with self.engine.begin() as conn:
+        with self._batch_transaction() as conn:
             with hot.pipeline(conn):
                 head = audit.lock_head(conn, VERSION_COLUMN)
                 facts = BatchFacts(conn, [p.attempt for p in batch], self.rules)
@@ -356,7 +359,7 @@ class Enforcer:
                 if relpath is not None:
                     recordings.append({
                         "call_id": p.call_id, "tenant_id": row["tenant_id"], "status": "recording",
-                        "spool_path": str(spool_path(self.recording_dir, relpath)),
+                        "spool_path": spool_file(self.recording_dir, relpath),
                         "started_at": a.at, "encrypted": False, "legal_hold": False,
                     })
                 entries.append(audit.NewEntry("pbx:" + a.pbx, "decision", p.call_id, {
@@ -375,6 +378,27 @@ class Enforcer:
                 audit.extend(conn, head, entries)
                 hot.commit(conn)
         return results
+
+    @contextlib.contextmanager
+    def _batch_transaction(self) -> Iterator[Connection]:
+        """The writer's transaction, on a connection the writer keeps from one batch to the
+        next (checking one out of the pool and back is a tenth of a one-call batch). Any
+        failure drops it, and so does the writer going idle: the next batch connects anew."""
+        conn = self._writer_conn
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._writer_conn = self.engine.connect()
+        try:
+            with conn.begin():
+                yield conn
+        except BaseException:
+            self._release_writer_connection()
+            raise
+
+    def _release_writer_connection(self) -> None:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # already broken: nothing left to release
+                conn.close()
 
     def _call_row(self, p: Pending, d: Decision, observe: bool, now: float) -> dict:
         a = p.attempt
@@ -550,7 +574,7 @@ class Enforcer:
             relpath = recording_relpath(call.tenant_id or "_unknown", call_id, call.attempted_at)
             if call.recording_id is None:
                 rec = Recording(call_id=call_id, tenant_id=call.tenant_id, status="recording",
-                                spool_path=str(spool_path(self.recording_dir, relpath)),
+                                spool_path=spool_file(self.recording_dir, relpath),
                                 started_at=call.attempted_at)
                 session.add(rec)
                 session.flush()

@@ -54,8 +54,10 @@ class GroupCommit:
     running) and must settle every future in it, whatever happens."""
 
     def __init__(self, run_batch: Callable[[list[Pending]], None], *, max_batch: int = MAX_BATCH,
-                 idle_s: float = IDLE_S, name: str = "callwarden-decisions"):
+                 idle_s: float = IDLE_S, name: str = "callwarden-decisions",
+                 on_idle: Callable[[], None] | None = None):
         self._run_batch = run_batch
+        self._on_idle = on_idle  # run by the thread as it ends (release what it kept)
         # A deque under a native condition, not queue.SimpleQueue: gevent's patching may
         # replace that one, and this thread is native in every process.
         self._waiting: deque[Pending] = deque()
@@ -94,6 +96,13 @@ class GroupCommit:
             return [self._waiting.popleft() for _ in range(n)]
 
     def _work(self) -> None:
+        try:
+            self._serve()
+        finally:
+            if self._on_idle is not None:
+                self._on_idle()
+
+    def _serve(self) -> None:
         while (batch := self._next_batch()) is not None:
             # An adapter that gave up waiting cancels its future: nothing to decide for it.
             running = [p for p in batch if p.future.set_running_or_notify_cancel()]

@@ -5,6 +5,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from callwarden.recorder import check_relpath, recording_relpath, spool_path, store_root
+from callwarden.recorder.naming import spool_file
 
 SH = ZoneInfo("Asia/Shanghai")
 
@@ -60,3 +61,17 @@ def test_relpath_escape_attempts(rel, tmp_path: Path):
         check_relpath(rel)
     with pytest.raises(ValueError):
         spool_path(tmp_path, rel)
+
+
+@pytest.mark.parametrize("root", ["/var/spool/cw", "/var/spool/cw/", "/", "rec", "./rec//x/",
+                                  Path("/srv/rec")])
+def test_spool_file_is_spool_path_as_text(root):
+    """The set-up path's string version names exactly the file pathlib would."""
+    rel = recording_relpath("acme", "c1", datetime(2026, 3, 2, 10, tzinfo=UTC))
+    assert spool_file(root, rel) == str(spool_path(root, rel))
+
+
+@pytest.mark.parametrize("rel", ["../x.wav", "a/../../x.wav", "/etc/passwd", "a//b.wav", "./a.wav"])
+def test_spool_file_refuses_what_spool_path_refuses(rel):
+    with pytest.raises(ValueError):
+        spool_file("/var/spool/cw", rel)

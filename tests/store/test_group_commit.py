@@ -227,3 +227,39 @@ def test_sqlite_checkpoints_run_beside_the_decision_writer_not_in_its_commits(no
     finally:
         raw.close()
     assert busy == 0 and frames == copied
+
+
+def test_the_writer_keeps_one_connection_between_batches_and_lets_it_go_when_idle(node):
+    """Back-to-back batches run on one connection the writer keeps (no pool round trip per
+    batch); when the writer goes idle it is returned to the pool."""
+    e = node()
+    e.writer.idle_s = 0.3
+    seen = set()
+    for i in range(5):
+        e.decide(attempt(callee=f"138002{i:05d}", pbx_call_id=f"keep-{i}"))
+        assert e._writer_conn is not None
+        seen.add(id(e._writer_conn.connection.driver_connection))
+    assert len(seen) == 1
+    assert e.engine.pool.checkedout() == 1  # the writer's, held between batches
+    deadline = time.monotonic() + 5
+    while e._writer_conn is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert e._writer_conn is None and e.engine.pool.checkedout() == 0
+
+
+def test_a_batch_that_breaks_the_kept_connection_fails_closed_and_the_next_reconnects(node):
+    """A connection lost between batches fails the batch on it (POLICY_UNAVAILABLE, nothing
+    half-stored), is dropped, and the next batch decides on a new one."""
+    e = node(frequency={"per_day": 100, "per_week": 700})
+    first = e.decide(attempt(pbx_call_id="before"))
+    assert first.decision.allowed
+    broken = e._writer_conn
+    broken.connection.driver_connection.close()  # the server went away underneath it
+    denied = e.decide(attempt(pbx_call_id="during"))
+    assert denied.decision.codes == ("POLICY_UNAVAILABLE",)
+    after = e.decide(attempt(pbx_call_id="after"))
+    assert after.decision.allowed and e._writer_conn is not broken
+    with e.sessions() as s:
+        ids = set(s.scalars(select(Call.pbx_call_id).where(Call.pbx_call_id.in_(
+            ["before", "during", "after"]))))
+    assert ids == {"before", "after"}

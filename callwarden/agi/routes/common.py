@@ -8,7 +8,7 @@ from pathlib import Path
 from callwarden.agi.presentation import is_hidden_presentation
 from callwarden.agi.routes.registry import RouteContext
 from callwarden.agi.session import AgiSession
-from callwarden.recorder.naming import spool_path
+from callwarden.recorder.naming import spool_file
 
 #: What a MixMonitor file name may contain. MixMonitor's argument is comma-separated and its
 #: third field is a shell command run after the recording: a tenant id (it comes from the
@@ -30,7 +30,7 @@ def caller_hidden(session: AgiSession, callerpres: str | None) -> bool:
 
 def mixmonitor_file(ctx: RouteContext, relpath: str) -> str:
     """Absolute path of the live recording as Asterisk must write it."""
-    return str(spool_path(ctx.mixmonitor_dir, relpath))
+    return spool_file(ctx.mixmonitor_dir, relpath)
 
 
 async def start_mixmonitor(session: AgiSession, path: str) -> str | None:
