@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import Pool
 
 from callwarden.audit.pseudonym import open_store_key
 from callwarden.config import Settings
@@ -176,7 +177,8 @@ class Enforcer:
                                      or self.recording_dir / "outage-journal.jsonl")
         self.registry = SnapshotCache()
         self._writer_conn: Connection | None = None  # the writer thread's, kept between batches
-        self.writer = GroupCommit(self._store_batch, on_idle=self._release_writer_connection)
+        self._writer_pool: Pool | None = None  # the pool it came from
+        self.writer = GroupCommit(self._store_batch, release=self._release_writer_connection)
 
     # -- outbound ---------------------------------------------------------------------------
 
@@ -382,10 +384,12 @@ class Enforcer:
     @contextlib.contextmanager
     def _batch_transaction(self) -> Iterator[Connection]:
         """The writer's transaction, on a connection the writer keeps from one batch to the
-        next (checking one out of the pool and back is a tenth of a one-call batch). Any
-        failure drops it, and so does the writer going idle: the next batch connects anew."""
+        next while calls keep coming (checking one out of the pool and back cost a third of a
+        one-call batch). Any failure drops it, and so does a pause in the calls (the writer
+        then returns it to the pool)."""
         conn = self._writer_conn
         if conn is None or conn.closed or conn.invalidated:
+            self._writer_pool = self.engine.pool
             conn = self._writer_conn = self.engine.connect()
         try:
             with conn.begin():
@@ -395,10 +399,15 @@ class Enforcer:
             raise
 
     def _release_writer_connection(self) -> None:
+        """Back to the pool; closed outright if the engine was disposed meanwhile (a disposed
+        pool would keep it open until garbage-collected)."""
         conn, self._writer_conn = self._writer_conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):  # already broken: nothing left to release
-                conn.close()
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):  # already broken: nothing left to release
+            if self.engine.pool is not self._writer_pool:
+                conn.invalidate()
+            conn.close()
 
     def _call_row(self, p: Pending, d: Decision, observe: bool, now: float) -> dict:
         a = p.attempt

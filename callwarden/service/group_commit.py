@@ -33,6 +33,8 @@ from callwarden.policy import CallAttempt
 MAX_BATCH = 128
 #: The thread ends after this long without work (a new attempt starts it again).
 IDLE_S = 2.0
+#: Without an attempt for this long, the thread lets go of what it keeps between batches.
+PAUSE_S = 0.2
 
 
 @dataclass(slots=True)
@@ -55,9 +57,12 @@ class GroupCommit:
 
     def __init__(self, run_batch: Callable[[list[Pending]], None], *, max_batch: int = MAX_BATCH,
                  idle_s: float = IDLE_S, name: str = "callwarden-decisions",
-                 on_idle: Callable[[], None] | None = None):
+                 release: Callable[[], None] | None = None, pause_s: float = PAUSE_S):
         self._run_batch = run_batch
-        self._on_idle = on_idle  # run by the thread as it ends (release what it kept)
+        # Run by the thread once no attempt came for pause_s, and as it ends: lets go of what
+        # it keeps between batches (the store connection).
+        self._release = release
+        self.pause_s = pause_s
         # A deque under a native condition, not queue.SimpleQueue: gevent's patching may
         # replace that one, and this thread is native in every process.
         self._waiting: deque[Pending] = deque()
@@ -88,19 +93,25 @@ class GroupCommit:
     def _next_batch(self) -> list[Pending] | None:
         """Wait for an attempt, then take every one waiting behind it; None when idle (the
         thread then ends, under the lock, so that the next submit starts a new one)."""
-        with self._lock:
-            if not self._waiting and not self._ready.wait_for(lambda: self._waiting, self.idle_s):
-                self._thread = None
-                return None
-            n = min(len(self._waiting), self.max_batch)
-            return [self._waiting.popleft() for _ in range(n)]
+        released = self._release is None
+        while True:
+            with self._lock:
+                if self._waiting or self._ready.wait_for(
+                        lambda: self._waiting, self.idle_s if released else self.pause_s):
+                    n = min(len(self._waiting), self.max_batch)
+                    return [self._waiting.popleft() for _ in range(n)]
+                if released:
+                    self._thread = None
+                    return None
+            self._release()  # type: ignore[misc]  # a pause: outside the lock, submits go on
+            released = True
 
     def _work(self) -> None:
         try:
             self._serve()
         finally:
-            if self._on_idle is not None:
-                self._on_idle()
+            if self._release is not None:
+                self._release()
 
     def _serve(self) -> None:
         while (batch := self._next_batch()) is not None:

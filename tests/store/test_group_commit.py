@@ -229,11 +229,11 @@ def test_sqlite_checkpoints_run_beside_the_decision_writer_not_in_its_commits(no
     assert busy == 0 and frames == copied
 
 
-def test_the_writer_keeps_one_connection_between_batches_and_lets_it_go_when_idle(node):
+def test_the_writer_keeps_one_connection_while_calls_come_and_returns_it_in_a_pause(node):
     """Back-to-back batches run on one connection the writer keeps (no pool round trip per
-    batch); when the writer goes idle it is returned to the pool."""
+    batch); a pause in the calls returns it to the pool, before the thread itself ends."""
     e = node()
-    e.writer.idle_s = 0.3
+    e.writer.pause_s, e.writer.idle_s = 0.3, 30
     seen = set()
     for i in range(5):
         e.decide(attempt(callee=f"138002{i:05d}", pbx_call_id=f"keep-{i}"))
@@ -245,6 +245,33 @@ def test_the_writer_keeps_one_connection_between_batches_and_lets_it_go_when_idl
     while e._writer_conn is not None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert e._writer_conn is None and e.engine.pool.checkedout() == 0
+    assert e.writer._thread is not None, "released in the pause, not at the thread's end"
+    e.decide(attempt(callee="13800299999", pbx_call_id="keep-again"))  # and takes one again
+    assert e._writer_conn is not None
+
+
+def _closed(driver_connection) -> bool:  # noqa: ANN001
+    if hasattr(driver_connection, "closed"):  # psycopg
+        return bool(driver_connection.closed)
+    try:  # sqlite3
+        driver_connection.execute("SELECT 1")
+    except Exception:
+        return True
+    return False
+
+
+def test_a_kept_connection_outliving_its_engines_pool_is_closed_not_returned(node):
+    """engine.dispose() does not touch checked-out connections; the writer's, released after
+    it, is closed rather than parked in the discarded pool (where it would stay open)."""
+    e = node()
+    e.writer.pause_s = 0.2
+    e.decide(attempt(pbx_call_id="kept"))
+    raw = e._writer_conn.connection.driver_connection
+    e.engine.dispose()
+    deadline = time.monotonic() + 5
+    while e._writer_conn is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert e._writer_conn is None and _closed(raw)
 
 
 def test_a_batch_that_breaks_the_kept_connection_fails_closed_and_the_next_reconnects(node):
