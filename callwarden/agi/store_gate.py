@@ -42,12 +42,18 @@ class StoreGate:
             max_workers=recording_workers, thread_name_prefix="callwarden-recording")
 
     async def decide(self, attempt: CallAttempt, route: str = "outbound") -> DecisionResult:
-        """Decide within ``decision_timeout_s``, counted from now (queueing included)."""
+        """Decide within ``decision_timeout_s``, counted from now (queueing included); a
+        decision already stored when the deadline is noticed is used, not corrected."""
         started = time.monotonic()
         job = self.enforcer.submit(attempt, started, route)
         try:
             outcome = await asyncio.wait_for(asyncio.shield(_wrap(job)), self.decision_timeout_s)
         except TimeoutError:
+            if job.done() and not job.cancelled() and job.exception() is None:
+                # Stored in time, but the loop woke us after the deadline (the timer ran
+                # before the wake-up): the decision stands, nothing to correct.
+                outcome = job.result()
+                return DecisionResult(outcome, outcome.decision, _ms_since(started))
             if not job.cancel():  # already running: it may still commit after we gave up
                 job.add_done_callback(self._late_decision)
             else:  # never ran: keep the denial for the store (journal file, off the loop)

@@ -53,7 +53,8 @@ class StoreGate:
     def decide(self, attempt: CallAttempt, started: float, route: str = "outbound") -> DecisionResult:
         """Decide before ``started + decision_timeout_s`` (``started``: ``time.monotonic()`` when
         the call reached us: under overload a call is denied early rather than decided too
-        late to finish its session; time queued for the decision writer counts too)."""
+        late to finish its session; time queued for the decision writer counts too). A
+        decision already stored when the deadline is noticed is used, not corrected."""
         remaining = started + self.decision_timeout_s - time.monotonic()
         job: concurrent.futures.Future[Outcome] | None = None
         try:
@@ -61,6 +62,11 @@ class StoreGate:
                 job = self.enforcer.submit(attempt, started, route)
                 outcome = _result(job)
         except gevent.Timeout:
+            if job is not None and _stored(job):
+                # Stored in time, but the hub woke us after the deadline (a busy hub runs the
+                # timer before the wake-up): the decision stands, nothing to correct.
+                outcome = job.result()
+                return DecisionResult(outcome, outcome.decision, _ms_since(started))
             if job is not None and not job.cancel():  # being decided: it may still commit
                 gevent.spawn(self._late_decision, job)
             else:  # never decided: keep the denial for the store (journal file)
@@ -115,6 +121,11 @@ class StoreGate:
 
 #: How long to wait for a decision the adapter gave up on, to correct its record.
 LATE_DECISION_WAIT_S = 60.0
+
+
+def _stored(job: concurrent.futures.Future[Outcome]) -> bool:
+    """The writer has answered with a decision (it stores before it answers)."""
+    return job.done() and not job.cancelled() and job.exception() is None
 
 
 def _result(job: concurrent.futures.Future[T]) -> T:

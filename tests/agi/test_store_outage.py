@@ -12,8 +12,8 @@ import time
 from sqlalchemy import func, select
 
 from callwarden.agi.store_gate import StoreGate
-from callwarden.policy import CallAttempt, reason
-from callwarden.service.enforcer import Enforcer
+from callwarden.policy import CallAttempt, Decision, reason
+from callwarden.service.enforcer import Enforcer, Outcome
 from callwarden.store.models import Call, Recording
 from tests.agi.harness import (
     CALLER,
@@ -175,3 +175,40 @@ def test_a_decision_committed_after_the_deadline_is_corrected(make_settings, see
     finally:
         gate.close()
         enforcer.engine.dispose()
+
+
+class _StoredAtOnce:
+    """An enforcer whose decision is already stored when the adapter first looks."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome, self.abandoned, self.journaled = outcome, [], 0
+
+    def submit(self, attempt, started, route):  # noqa: ANN001, ANN201
+        job: concurrent.futures.Future = concurrent.futures.Future()
+        job.set_running_or_notify_cancel()
+        job.set_result(self.outcome)
+        return job
+
+    def decision_abandoned(self, call_id: str) -> None:
+        self.abandoned.append(call_id)
+
+    def journal_denial(self, attempt, route) -> None:  # noqa: ANN001
+        self.journaled += 1
+
+
+def test_a_decision_stored_when_the_deadline_is_noticed_stands() -> None:
+    """The loop can run the deadline before the writer's wake-up (here: a deadline already
+    due): a decision stored by then is the call's answer, with nothing to correct."""
+    outcome = Outcome("d" * 32, Decision(allowed=True, reasons=(), purpose="callback"),
+                      let_through=True, recording_relpath="acme/2026/03/02/x.wav")
+    enforcer = _StoredAtOnce(outcome)
+
+    async def body() -> None:
+        gate = StoreGate(enforcer, decision_timeout_s=0.0)  # type: ignore[arg-type]
+        result = await gate.decide(attempt("1795480861.7"))
+        assert result.outcome is outcome and result.decision.allowed
+        await asyncio.sleep(0.05)
+        gate.close()
+
+    run(body())
+    assert enforcer.abandoned == [] and enforcer.journaled == 0

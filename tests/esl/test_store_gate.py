@@ -8,6 +8,8 @@ task whose waiter timed out; the gate must not.)
 
 from __future__ import annotations
 
+import concurrent.futures
+import datetime as dt
 import threading
 import time
 
@@ -15,6 +17,8 @@ import gevent
 import pytest
 
 from callwarden.esl.store_gate import StoreGate, StoreTimeout
+from callwarden.policy import CallAttempt, Decision
+from callwarden.service.enforcer import Outcome
 
 
 class _Enforcer:
@@ -64,3 +68,46 @@ def test_errors_come_back_to_the_caller_and_the_gate_closes_without_dropping_wor
     while not done and time.monotonic() < give_up:
         time.sleep(0.01)
     assert done == [1]
+
+
+class _Deciding:
+    """An enforcer whose decision is stored just as the adapter's deadline is noticed."""
+
+    def __init__(self) -> None:
+        self.abandoned: list[str] = []
+        self.journaled = 0
+
+    def submit(self, attempt, started, route):  # noqa: ANN001, ANN201
+        job: concurrent.futures.Future = concurrent.futures.Future()
+        job.set_running_or_notify_cancel()
+        return job
+
+    def decision_abandoned(self, call_id: str) -> None:
+        self.abandoned.append(call_id)
+
+    def journal_denial(self, attempt, route) -> None:  # noqa: ANN001
+        self.journaled += 1
+
+
+def test_a_decision_stored_when_the_deadline_is_noticed_stands(monkeypatch) -> None:
+    """A busy hub can run the deadline's timer before the writer's wake-up: if the decision
+    is stored by then, the call gets it (no POLICY_UNAVAILABLE, no correction, no journal)."""
+    import callwarden.esl.store_gate as mod
+
+    outcome = Outcome("c" * 32, Decision(allowed=True, reasons=(), purpose="callback"), let_through=True,
+                      recording_relpath="acme/2026/03/02/x.wav")
+
+    def stored_then_timer(job):  # noqa: ANN001, ANN202
+        job.set_result(outcome)  # the writer answered...
+        raise gevent.Timeout()  # ...but the hub ran the timer first
+
+    monkeypatch.setattr(mod, "_result", stored_then_timer)
+    enforcer = _Deciding()
+    gate = StoreGate(enforcer, decision_timeout_s=0.5)  # type: ignore[arg-type]
+    attempt = CallAttempt(tenant="acme", caller="95512", callee="13800138000",
+                          at=dt.datetime(2026, 3, 2, 10, tzinfo=dt.UTC), pbx="freeswitch")
+    result = gate.decide(attempt, time.monotonic())
+    assert result.outcome is outcome and result.decision.allowed
+    gevent.sleep(0.05)
+    assert enforcer.abandoned == [] and enforcer.journaled == 0
+    gate.close()
