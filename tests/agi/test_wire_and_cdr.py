@@ -15,11 +15,13 @@ from callwarden.agi.wire import (
     MAX_ENV_BYTES,
     AgiProtocolError,
     PeerGone,
+    mset_argument,
     parse_reply_line,
     quote,
     read_environment,
 )
 from tests.conftest import TRACES
+from tests.sim.asterisk import parse_agi_args, separate_app_args
 
 ASTERISK = TRACES / "asterisk"
 UTC = dt.UTC
@@ -108,6 +110,20 @@ def test_quote_refuses_what_agi_cannot_carry() -> None:
     for bad in ('a"b', "a\\b", "a\nb", "a\x00b"):
         with pytest.raises(ValueError):
             quote(bad)
+
+
+def test_mset_argument_escapes_commas_and_refuses_what_mset_would_misread() -> None:
+    r"""Commas in a value go out as ``\\,`` (AGI leaves ``\,``, MSet a literal comma); anything
+    MSet's argument parser treats specially makes the caller set the variables one by one."""
+    argument = mset_argument([("A", "deny"), ("B", "QUIET_HOURS,NO_CONSENT"), ("C", "")])
+    assert argument == '"A=deny,B=QUIET_HOURS\\\\,NO_CONSENT,C="'
+    data = parse_agi_args(f"EXEC MSet {argument}")[2]
+    assert [separate_app_args(e, "=", 2) for e in separate_app_args(data, ",", 100)] == [
+        ["A", "deny"], ["B", "QUIET_HOURS,NO_CONSENT"], ["C", ""]]
+    for bad in [("A", 'x"y'), ("A", "x\\y"), ("A", "f(x)"), ("A", "x=y"), ("A", "a b"),
+                ("A", "${X}"), ("A", "x|y"), ("A B", "x"), ("1A", "x")]:
+        assert mset_argument([bad]) is None, bad
+    assert mset_argument([]) is None
 
 
 @pytest.mark.parametrize("value, hidden", [
