@@ -177,7 +177,6 @@ class Enforcer:
                                      or self.recording_dir / "outage-journal.jsonl")
         self.registry = SnapshotCache()
         self._writer_conn: Connection | None = None  # the writer thread's, kept between batches
-        self._write_time_s = 0.0  # see _note_write_time
         self._writer_pool: Pool | None = None  # the pool it came from
         self.writer = GroupCommit(self._store_batch, release=self._release_writer_connection)
 
@@ -348,13 +347,9 @@ class Enforcer:
                     facts.allowed(p.attempt)
                 decided.append((p, d))
             now = time.monotonic()
-            # An attempt whose deadline would pass before these writes commit (as long as the
-            # last batches took) is not written: the adapter will have denied it by then, and
-            # its commit would only cost a correction (decision_abandoned) and lock time.
-            margin = self._write_time_s
             calls, recordings, entries = [], [], []
             for p, d in decided:
-                if now + margin > p.deadline:  # must not land as an allow the PBX never heard
+                if now > p.deadline:  # the adapter has given up: this must not land as an allow
                     results.append((p, None))
                     continue
                 a = p.attempt
@@ -384,16 +379,7 @@ class Enforcer:
                     _LINK_RECORDINGS.execute(conn, {"cids": [r["call_id"] for r in recordings]})
                 audit.extend(conn, head, entries)
                 hot.commit(conn)
-        if calls:
-            self._note_write_time(time.monotonic() - now)
         return results
-
-    def _note_write_time(self, took_s: float) -> None:
-        """Smoothed time from a batch's writes to its commit; capped at a fifth of the
-        decision deadline, so that one slow commit cannot make the writer turn fresh attempts
-        away (and with nothing written, the estimate could never come down again)."""
-        estimate = 0.8 * self._write_time_s + 0.2 * took_s
-        self._write_time_s = min(estimate, self.timeout_s / 5)
 
     @contextlib.contextmanager
     def _batch_transaction(self) -> Iterator[Connection]:

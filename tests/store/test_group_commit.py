@@ -292,32 +292,3 @@ def test_a_batch_that_breaks_the_kept_connection_fails_closed_and_the_next_recon
     assert rows["before"][0] == rows["after"][0] == "allow"
     # the failed one is kept only as the denial the PBX got (the outage journal, replayed)
     assert rows.get("during", ("deny", "POLICY_UNAVAILABLE")) == ("deny", "POLICY_UNAVAILABLE")
-
-
-def test_an_attempt_that_would_commit_after_its_deadline_is_not_written(node):
-    """With batches taking ~50 ms to write and commit, an attempt 20 ms from its deadline is
-    denied POLICY_UNAVAILABLE, its decision not written (the adapter would have given up before
-    the commit); one with time to spare is decided in the same batch."""
-    e = node()
-    e._write_time_s = 0.05
-    now = time.monotonic()
-    tight = Pending(attempt(pbx_call_id="tight"), now, now + 0.02, "outbound", "a" * 32)
-    roomy = Pending(attempt(pbx_call_id="roomy"), now, now + 5, "outbound", "b" * 32)
-    for p in (tight, roomy):
-        assert p.future.set_running_or_notify_cancel()
-    e._store_batch([tight, roomy])
-    assert tight.future.result(1).decision.codes == ("POLICY_UNAVAILABLE",)
-    assert roomy.future.result(1).decision.codes != ("POLICY_UNAVAILABLE",)
-    with e.sessions() as s:
-        stored = {c.call_id: (c.decision, c.reasons) for c in s.scalars(select(Call))}
-    assert stored["b" * 32][0] == "allow"
-    # the tight one exists only as the denial the PBX got (journaled, then replayed)
-    assert stored.get("a" * 32, ("deny", "POLICY_UNAVAILABLE")) == ("deny", "POLICY_UNAVAILABLE")
-
-
-def test_one_slow_commit_cannot_make_the_writer_refuse_fresh_attempts(node):
-    e = node()
-    e._note_write_time(30.0)  # a commit that hung behind a lock
-    assert e._write_time_s <= e.timeout_s / 5
-    fresh = e.decide(attempt(pbx_call_id="fresh"))
-    assert fresh.decision.codes != ("POLICY_UNAVAILABLE",)
