@@ -14,6 +14,7 @@ import os
 import subprocess
 import tempfile
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 import structlog
 import yaml
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 
 from callwarden.audit.pseudonym import KEY_ENV, create_key, ensure_store_key
 from callwarden.config import Settings, parse_settings
@@ -109,6 +110,29 @@ def _logging_as_it_was() -> Iterator[None]:
     yield
     structlog.configure(**config)
     root.handlers[:], root.level = handlers, level
+
+
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@event.listens_for(Engine, "engine_connect")
+def _seen(connection) -> None:
+    _ENGINES.add(connection.engine)
+
+
+@pytest.fixture(autouse=True)
+def _pooled_connections_closed() -> Iterator[None]:
+    """Close the pooled connections of engines a test left behind (tests often build
+    ``make_sessionmaker(make_engine(url))`` in place). They would otherwise stay open until the
+    garbage collector finds the engine: on PostgreSQL a few test files' worth reach the
+    server's max_connections (100) and fail later tests with "too many clients"; on SQLite each
+    holds three file descriptors, and past 1,024 of them ``select()`` fails in later tests.
+    (In-memory SQLite is left alone: closing its connection would drop the database.)"""
+    before = set(_ENGINES)
+    yield
+    for engine in set(_ENGINES) - before:
+        if engine.url.database not in (None, "", ":memory:"):
+            engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
