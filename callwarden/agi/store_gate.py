@@ -55,7 +55,7 @@ class StoreGate:
             outcome = job.result()
         else:
             if not job.cancel():  # already running: it may still commit after we gave up
-                job.add_done_callback(self._late_decision)
+                job.add_done_callback(partial(self._late_decision, attempt.pbx))
             else:  # never ran: keep the denial for the store (journal file, off the loop)
                 self._background.submit(self.enforcer.journal_denial, attempt, route)
             log.error("decision_timeout", route=route, tenant=attempt.tenant,
@@ -64,19 +64,15 @@ class StoreGate:
             return DecisionResult(None, denial("POLICY_UNAVAILABLE"), _ms_since(started))
         return DecisionResult(outcome, outcome.decision, _ms_since(started))
 
-    def _late_decision(self, job: concurrent.futures.Future[Outcome]) -> None:
-        """A decision committed after the adapter had already denied: correct the record."""
+    def _late_decision(self, pbx: str, job: concurrent.futures.Future[Outcome]) -> None:
+        """A decision committed after the adapter had already denied: have the record
+        corrected (by the decision writer, in its next transaction; run in the writer's
+        thread, this only queues it)."""
         if job.cancelled() or job.exception() is not None:
             return
         outcome = job.result()
         if outcome.decision.allowed or outcome.let_through:
-            self._background.submit(self._abandon, outcome.call_id)
-
-    def _abandon(self, call_id: str) -> None:
-        try:
-            self.enforcer.decision_abandoned(call_id)
-        except Exception as exc:  # the store is in trouble; the call itself was denied
-            log.error("decision_abandon_failed", call_id=call_id, error=type(exc).__name__)
+            self.enforcer.abandon(outcome, pbx)
 
     async def call(self, fn: Callable[..., T], *args: object, timeout: float,
                    pool: Literal["background", "recordings"] = "background") -> T:

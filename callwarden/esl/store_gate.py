@@ -8,7 +8,8 @@ needs neither 200 threads nor a blocked hub. Everything after the decision (CDR 
 caller-ID checks, opt-outs, inbound logging) runs in a native thread pool of its own, so a
 burst of hangups never delays a decision. A decision that misses ``decision_timeout_ms`` (queueing included) is
 a POLICY_UNAVAILABLE deny; if it still commits an allow after we gave up, the record is
-corrected (``decision_abandoned``) so the CDR never claims an allow for a denied call.
+corrected (``Enforcer.abandon``: by the decision writer, in its next transaction) so the CDR
+never claims an allow for a denied call.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class StoreGate:
                 outcome = job.result()
                 return DecisionResult(outcome, outcome.decision, _ms_since(started))
             if job is not None and not job.cancel():  # being decided: it may still commit
-                gevent.spawn(self._late_decision, job)
+                gevent.spawn(self._late_decision, job, attempt.pbx)
             else:  # never decided: keep the denial for the store (journal file)
                 self._background.submit(self.enforcer.journal_denial, attempt, route)
             log.error("decision_timeout", route=route, tenant=attempt.tenant,
@@ -83,22 +84,16 @@ class StoreGate:
             return DecisionResult(None, denial("POLICY_UNAVAILABLE"), _ms_since(started))
         return DecisionResult(outcome, outcome.decision, _ms_since(started))
 
-    def _late_decision(self, job: concurrent.futures.Future[Outcome]) -> None:
-        """A greenlet: wait for a decision the adapter gave up on; undo it if it let the call
-        through (the PBX was told deny)."""
+    def _late_decision(self, job: concurrent.futures.Future[Outcome], pbx: str) -> None:
+        """A greenlet: wait for a decision the adapter gave up on; have it undone if it let
+        the call through (the PBX was told deny)."""
         try:
             with gevent.Timeout(LATE_DECISION_WAIT_S):
                 outcome = _result(job)
         except (gevent.Timeout, Exception):
             return
         if outcome.decision.allowed or outcome.let_through:
-            self._abandon(outcome.call_id)
-
-    def _abandon(self, call_id: str) -> None:
-        try:
-            self.call(self.enforcer.decision_abandoned, call_id, timeout=30.0)
-        except Exception as exc:  # the store is in trouble; the call itself was denied
-            log.error("decision_abandon_failed", call_id=call_id, error=type(exc).__name__)
+            self.enforcer.abandon(outcome, pbx)
 
     def call(self, fn: Callable[..., T], *args: object, timeout: float,
              pool: Literal["background", "recordings"] = "background") -> T:

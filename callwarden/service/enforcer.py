@@ -15,7 +15,7 @@ import contextlib
 import datetime as dt
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,7 +34,7 @@ from callwarden.policy.reasons import ordered
 from callwarden.recorder import FinalizedRecording
 from callwarden.recorder.naming import recording_relpath, spool_file
 from callwarden.service.checkpoint import BackgroundCheckpoints
-from callwarden.service.group_commit import GroupCommit, Pending
+from callwarden.service.group_commit import Correction, GroupCommit, Pending
 from callwarden.service.journal import OutageJournal
 from callwarden.service.recordings import RecordingService
 from callwarden.store import audit, hot
@@ -61,6 +61,16 @@ _LINK_RECORDINGS = HotStatements(
     update(Call).where(Call.call_id.in_(bindparam("cids", expanding=True)))
     .values(recording_id=select(Recording.id)
             .where(Recording.call_id == Call.call_id).scalar_subquery()))
+# A decision the adapter gave up on, made a deny (see Enforcer.abandon).
+_ABANDON_CALL = HotStatements(
+    update(Call).where(Call.call_id == bindparam("cid"))
+    .values(decision="deny", reasons=bindparam("new_reasons")))
+_ABANDON_RECORDINGS = HotStatements(
+    update(Recording).where(Recording.call_id.in_(bindparam("cids", expanding=True)),
+                            Recording.status == "recording")
+    .values(status="failed", error="decision abandoned: the call was denied"))
+#: Batches a correction may fail with before it is given up (logged: decision_abandon_failed).
+CORRECTION_TRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,18 +226,22 @@ class Enforcer:
         return self.writer.submit(Pending(attempt, started, started + self.timeout_s, route,
                                           uuid.uuid4().hex))
 
-    def _store_batch(self, batch: list[Pending]) -> None:
-        """The writer thread's work for one batch: decide, store, answer each attempt."""
+    def _store_batch(self, batch: list[Pending], corrections: Sequence[Correction] = ()) -> None:
+        """The writer thread's work for one batch: decide, store, answer each attempt; make
+        the queued corrections in the same transaction."""
         now = time.monotonic()
         late = [p for p in batch if now > p.deadline]
         batch = [p for p in batch if now <= p.deadline]
         failed: list[tuple[Pending, BaseException]] = []
         answers: list[tuple[Pending, Outcome]] = []
+        corrected: Sequence[Correction] = ()
         try:
-            decided = self._decide_durably(batch) if batch else []
+            decided = self._decide_durably(batch, corrections) if batch or corrections else []
         except (SQLAlchemyError, StoreUnavailable) as exc:
             failed = [(p, exc) for p in batch]
+            self._correction_failed(corrections, exc)
         else:
+            corrected = corrections
             for p, outcome in decided:
                 if outcome is None:
                     late.append(p)
@@ -241,6 +255,8 @@ class Enforcer:
             self._answer(p, None, exc)
         for p, outcome in answers:
             self._answer(p, outcome)
+        for c in corrected:
+            log.warning("decision_abandoned", call_id=c.call_id)
         if answers and self.checkpoints is not None:
             self.checkpoints.after_commit()
         # Then the denials kept while the store could not take them, a piece at a time and only
@@ -324,8 +340,10 @@ class Enforcer:
                 stored += 1
         return stored
 
-    def _decide_durably(self, batch: list[Pending]) -> list[tuple[Pending, Outcome | None]]:
-        """Decide every attempt of the batch and store them in one transaction.
+    def _decide_durably(self, batch: list[Pending],
+                        corrections: Sequence[Correction] = ()) -> list[tuple[Pending, Outcome | None]]:
+        """Decide every attempt of the batch and store them in one transaction, with the
+        corrections of earlier decisions (:meth:`abandon`).
 
         The audit head is locked first: decision transactions on every node then run one
         after another, so the call history they count is complete (frequency limits stay
@@ -347,7 +365,8 @@ class Enforcer:
                     facts.allowed(p.attempt)
                 decided.append((p, d))
             now = time.monotonic()
-            calls, recordings, entries = [], [], []
+            calls, recordings = [], []
+            entries = self._corrections(conn, corrections) if corrections else []
             for p, d in decided:
                 if now > p.deadline:  # the adapter has given up: this must not land as an allow
                     results.append((p, None))
@@ -373,13 +392,32 @@ class Enforcer:
                 }))
                 results.append((p, Outcome(p.call_id, d, let_through, relpath)))
             with hot.pipeline(conn):
-                _INSERT_CALL.executemany(conn, calls)
+                if calls:
+                    _INSERT_CALL.executemany(conn, calls)
                 if recordings:
                     _INSERT_RECORDINGS.executemany(conn, recordings)
                     _LINK_RECORDINGS.execute(conn, {"cids": [r["call_id"] for r in recordings]})
                 audit.extend(conn, head, entries)
                 hot.commit(conn)
         return results
+
+    @staticmethod
+    def _corrections(conn: Connection, corrections: Sequence[Correction]) -> list[audit.NewEntry]:
+        """Turn the corrected calls into denies (their recordings, not started, into failed
+        ones); returns their audit entries, for the batch's place in the chain."""
+        _ABANDON_CALL.executemany(conn, [{"cid": c.call_id, "new_reasons": ",".join(c.codes)}
+                                         for c in corrections])
+        _ABANDON_RECORDINGS.execute(conn, {"cids": [c.call_id for c in corrections]})
+        return [audit.NewEntry("pbx:" + c.pbx, "decision_abandoned", c.call_id,
+                               {"reasons": list(c.codes)}) for c in corrections]
+
+    def _correction_failed(self, corrections: Sequence[Correction], exc: BaseException) -> None:
+        """A failed batch took these corrections with it: queue them again, a few times."""
+        for c in corrections:
+            if c.tries + 1 < CORRECTION_TRIES:
+                self.writer.correct(Correction(c.call_id, c.pbx, c.codes, c.tries + 1))
+            else:
+                log.error("decision_abandon_failed", call_id=c.call_id, error=type(exc).__name__)
 
     @contextlib.contextmanager
     def _batch_transaction(self) -> Iterator[Connection]:
@@ -553,6 +591,14 @@ class Enforcer:
         return utcnow()
 
     # -- added for the asyncio adapters (Asterisk FastAGI + AMI, issue 3) --------------------
+
+    def abandon(self, outcome: Outcome, pbx: str) -> None:
+        """The adapter stopped waiting for this stored decision and told the PBX
+        POLICY_UNAVAILABLE: queue the record's correction (as :meth:`decision_abandoned`
+        does it) for the decision writer's next transaction. Returns at once; safe from any
+        thread, the writer's own included."""
+        codes = tuple(r.code for r in ordered((*outcome.decision.codes, "POLICY_UNAVAILABLE")))
+        self.writer.correct(Correction(outcome.call_id, pbx, codes))
 
     def decision_abandoned(self, call_id: str) -> None:
         """The adapter stopped waiting and denied the call (POLICY_UNAVAILABLE), yet this

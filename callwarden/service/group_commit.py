@@ -13,6 +13,12 @@ chain stays one chain (the batch's entries are appended in order behind one head
 A batch the store refuses fails every attempt in it (fail closed). An attempt whose deadline
 passed while it waited is not decided (POLICY_UNAVAILABLE, nothing stored, as before).
 
+The same thread makes the corrections (:class:`Correction`): a decision stored after the adapter
+stopped waiting for it (the PBX was told deny) is turned into a deny in the next batch's
+transaction, behind the same head lock. Under overload such corrections come by the hundred;
+each in a transaction of its own, from another thread, competed with the writer for the audit
+head's lock and made the next batch later still.
+
 The thread is native (``threading`` is not monkey-patched in the FreeSWITCH process either),
 starts with the first attempt and ends after a short idle time, so an idle enforcer holds no
 thread and can be garbage-collected with its engine.
@@ -49,13 +55,25 @@ class Pending:
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """A stored decision the adapter gave up on: the PBX was told POLICY_UNAVAILABLE, so the
+    record must say deny with these ``codes`` (the decision's own plus POLICY_UNAVAILABLE)."""
+
+    call_id: str
+    pbx: str
+    codes: tuple[str, ...]
+    tries: int = 0  # batches that failed with it (the writer gives up after a few)
+
+
 class GroupCommit:
     """Queue of pending decisions and the thread that stores them in batches.
 
-    ``run_batch(batch)`` does the work for a list of :class:`Pending` (each already marked
-    running) and must settle every future in it, whatever happens."""
+    ``run_batch(batch, corrections)`` does the work for a list of :class:`Pending` (each
+    already marked running; may be empty) and of :class:`Correction`, and must settle every
+    future in the batch, whatever happens."""
 
-    def __init__(self, run_batch: Callable[[list[Pending]], None], *, max_batch: int = MAX_BATCH,
+    def __init__(self, run_batch: Callable[[list[Pending], list[Correction]], None], *, max_batch: int = MAX_BATCH,
                  idle_s: float = IDLE_S, name: str = "callwarden-decisions",
                  release: Callable[[], None] | None = None, pause_s: float = PAUSE_S):
         self._run_batch = run_batch
@@ -66,6 +84,7 @@ class GroupCommit:
         # A deque under a native condition, not queue.SimpleQueue: gevent's patching may
         # replace that one, and this thread is native in every process.
         self._waiting: deque[Pending] = deque()
+        self._corrections: deque[Correction] = deque()
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
@@ -90,16 +109,31 @@ class GroupCommit:
                 self._thread.start()
         return pending.future
 
-    def _next_batch(self) -> list[Pending] | None:
-        """Wait for an attempt, then take every one waiting behind it; None when idle (the
-        thread then ends, under the lock, so that the next submit starts a new one)."""
+    def correct(self, correction: Correction) -> None:
+        """Queue a correction for the next batch (one is started if none is waiting)."""
+        with self._lock:
+            self._corrections.append(correction)
+            self._ready.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._thread.start()
+
+    def _has_work(self) -> bool:
+        return bool(self._waiting or self._corrections)
+
+    def _next_batch(self) -> tuple[list[Pending], list[Correction]] | None:
+        """Wait for an attempt or a correction, then take every one waiting behind it; None
+        when idle (the thread then ends, under the lock, so that the next submit starts a new
+        one)."""
         released = self._release is None
         while True:
             with self._lock:
-                if self._waiting or self._ready.wait_for(
-                        lambda: self._waiting, self.idle_s if released else self.pause_s):
+                if self._has_work() or self._ready.wait_for(
+                        self._has_work, self.idle_s if released else self.pause_s):
                     n = min(len(self._waiting), self.max_batch)
-                    return [self._waiting.popleft() for _ in range(n)]
+                    m = min(len(self._corrections), self.max_batch)
+                    return ([self._waiting.popleft() for _ in range(n)],
+                            [self._corrections.popleft() for _ in range(m)])
                 if released:
                     self._thread = None
                     return None
@@ -114,14 +148,16 @@ class GroupCommit:
                 self._release()
 
     def _serve(self) -> None:
-        while (batch := self._next_batch()) is not None:
+        while (work := self._next_batch()) is not None:
+            batch, corrections = work
             # An adapter that gave up waiting cancels its future: nothing to decide for it.
             running = [p for p in batch if p.future.set_running_or_notify_cancel()]
-            if not running:
+            if not running and not corrections:
                 continue
-            self.batch_sizes.append(len(running))
+            if running:
+                self.batch_sizes.append(len(running))
             try:
-                self._run_batch(running)
+                self._run_batch(running, corrections)
             except BaseException as exc:  # a bug: no caller may wait for ever
                 for p in running:
                     if not p.future.done():

@@ -162,7 +162,7 @@ def test_a_decision_committed_after_the_deadline_is_corrected(make_settings, see
         assert outcome.decision.allowed
         late: concurrent.futures.Future = concurrent.futures.Future()
         late.set_result(outcome)
-        gate._late_decision(late)  # what the gate runs when a timed-out decision completes
+        gate._late_decision("asterisk", late)  # what the gate runs when a timed-out decision completes
         deadline = time.monotonic() + 5
         while True:
             with enforcer.sessions() as s:
@@ -189,8 +189,8 @@ class _StoredAtOnce:
         job.set_result(self.outcome)
         return job
 
-    def decision_abandoned(self, call_id: str) -> None:
-        self.abandoned.append(call_id)
+    def abandon(self, outcome, pbx) -> None:  # noqa: ANN001
+        self.abandoned.append(outcome.call_id)
 
     def journal_denial(self, attempt, route) -> None:  # noqa: ANN001
         self.journaled += 1

@@ -82,8 +82,8 @@ class _Deciding:
         job.set_running_or_notify_cancel()
         return job
 
-    def decision_abandoned(self, call_id: str) -> None:
-        self.abandoned.append(call_id)
+    def abandon(self, outcome, pbx) -> None:  # noqa: ANN001
+        self.abandoned.append(outcome.call_id)
 
     def journal_denial(self, attempt, route) -> None:  # noqa: ANN001
         self.journaled += 1

@@ -163,9 +163,9 @@ def test_an_attempt_withdrawn_before_the_writer_takes_it_is_never_stored(node):
     gate = threading.Event()
     real = e.writer._run_batch
 
-    def held(batch):  # the writer is busy with an earlier batch
+    def held(batch, corrections):  # the writer is busy with an earlier batch
         gate.wait(5)
-        real(batch)
+        real(batch, corrections)
 
     e.writer._run_batch = held
     first = e.submit(attempt(pbx_call_id="first"), time.monotonic())
@@ -292,3 +292,89 @@ def test_a_batch_that_breaks_the_kept_connection_fails_closed_and_the_next_recon
     assert rows["before"][0] == rows["after"][0] == "allow"
     # the failed one is kept only as the denial the PBX got (the outage journal, replayed)
     assert rows.get("during", ("deny", "POLICY_UNAVAILABLE")) == ("deny", "POLICY_UNAVAILABLE")
+
+
+def _allowed_then_held(e: Enforcer, gate: threading.Event, seen: list) -> object:
+    """One stored allow; afterwards the writer waits for ``gate`` before each batch and notes
+    what each batch carried: (decisions, corrections)."""
+    first = e.decide(attempt(pbx_call_id="late"))
+    assert first.decision.allowed and first.recording_relpath
+    real = e.writer._run_batch
+
+    def held(batch, corrections):
+        gate.wait(5)
+        seen.append((len(batch), [c.call_id for c in corrections]))
+        real(batch, corrections)
+
+    e.writer._run_batch = held
+    return first
+
+
+def test_a_decision_given_up_on_is_corrected_in_the_writers_next_transaction(node):
+    """The adapter denied a call whose allow then committed: the writer turns the record into
+    a POLICY_UNAVAILABLE deny in the same transaction as the next decisions, not in one of
+    its own that would compete for the audit head."""
+    e = node(frequency={"per_day": 100, "per_week": 700})
+    gate, seen = threading.Event(), []
+    late = _allowed_then_held(e, gate, seen)
+    e.abandon(late, "asterisk")
+    nxt = e.submit(attempt(pbx_call_id="next"), time.monotonic())
+    gate.set()
+    assert nxt.result(5).decision.allowed
+    assert seen[0] == (1, [late.call_id]) or seen[:2] == [(0, [late.call_id]), (1, [])]
+    with e.sessions() as s:
+        call = s.get(Call, late.call_id)
+        rec = s.get(Recording, call.recording_id)
+        assert (call.decision, call.reasons) == ("deny", "POLICY_UNAVAILABLE")
+        assert (rec.status, rec.error) == ("failed", "decision abandoned: the call was denied")
+        assert s.get(Call, nxt.result().call_id).decision == "allow"
+        entries = s.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(2)).all()[::-1]
+        assert [(x.action, x.subject) for x in entries] == [
+            ("decision_abandoned", late.call_id), ("decision", nxt.result().call_id)]
+        assert entries[0].actor == "pbx:asterisk" and '"POLICY_UNAVAILABLE"' in entries[0].details
+        if seen[0][0] == 1:  # one batch: one transaction, one time for both entries
+            assert entries[0].at == entries[1].at
+        assert verify_chain(s) == []
+
+
+def test_a_correction_outlives_a_failed_batch_and_is_given_up_after_a_few(node, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+    from structlog.testing import capture_logs
+
+    import callwarden.service.enforcer as mod
+
+    e = node(frequency={"per_day": 100, "per_week": 700})
+    late = e.decide(attempt(pbx_call_id="late"))
+    real, failures = Enforcer._corrections, [1]
+
+    def flaky(conn, corrections):
+        if failures[0] > 0:
+            failures[0] -= 1
+            raise OperationalError("UPDATE", {}, Exception("database is locked"))
+        return real(conn, corrections)
+
+    monkeypatch.setattr(Enforcer, "_corrections", staticmethod(flaky))
+    e.abandon(late, "asterisk")  # fails once, then goes through with the next try
+
+    def decision() -> str:
+        with e.sessions() as s:
+            return s.get(Call, late.call_id).decision
+
+    deadline = time.monotonic() + 5
+    while decision() != "deny" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert decision() == "deny" and failures == [0]
+
+    other = e.decide(attempt(pbx_call_id="other"))
+    assert late.decision.allowed and other.decision.allowed
+    failures[0] = mod.CORRECTION_TRIES  # never goes through
+    with capture_logs() as logs:
+        e.abandon(other, "asterisk")
+        deadline = time.monotonic() + 5
+        while not any(x["event"] == "decision_abandon_failed" for x in logs):
+            assert time.monotonic() < deadline, "the correction was never given up"
+            time.sleep(0.02)
+    assert failures == [0] and decision() == "deny"
+    with e.sessions() as s:
+        assert s.get(Call, other.call_id).decision == "allow"  # what could not be corrected
+        assert verify_chain(s) == []
