@@ -8,14 +8,19 @@ import datetime as dt
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from callwarden.agi.ami.cdr import cause_name, learn_offset, merge, read_master_csv, row_from_event
 from callwarden.agi.presentation import is_hidden_presentation
 from callwarden.agi.wire import (
     MAX_ENV_BYTES,
+    MAX_LINE_BYTES,
     AgiProtocolError,
     PeerGone,
     mset_argument,
+    _env_line,
+    _read_line,
     parse_reply_line,
     quote,
     read_environment,
@@ -73,6 +78,74 @@ def test_malformed_environment_is_refused(chunks: tuple[bytes, ...], message: st
     async def body() -> None:
         with pytest.raises(AgiProtocolError, match=re.escape(message)):
             await read_environment(await feed(*chunks), 1)
+
+    asyncio.run(body())
+
+
+async def _environment_line_by_line(reader: asyncio.StreamReader) -> dict[str, str]:
+    """The reference: every line read and checked on its own, as the reader always did."""
+    env: dict[str, str] = {}
+    total = 0
+    while True:
+        try:
+            raw = await _read_line(reader)
+        except PeerGone:
+            if total == 0:
+                raise
+            raise AgiProtocolError("connection closed inside the environment block") from None
+        total += len(raw) + 1
+        pair = _env_line(raw, len(env), total)
+        if pair is None:
+            return env
+        env[pair[0]] = pair[1]
+
+
+_GOOD = st.builds(lambda k, v: f"agi_{k}: {v}".encode(), st.from_regex(r"[a-z0-9_]{1,12}", fullmatch=True),
+                  st.text(st.characters(min_codepoint=32, max_codepoint=0x4e2d,
+                                        blacklist_characters="\x7f"), max_size=30))
+_ODD = st.sampled_from([b"", b"\r", b"GET / HTTP/1.1", b"agi_x: \x1b", b"\xff\xfe",
+                        b"agi_long: " + b"y" * (MAX_LINE_BYTES - 9), b"agi_long: " + b"y" * MAX_LINE_BYTES])
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.one_of(_GOOD, _GOOD, _GOOD, _ODD), min_size=0, max_size=40),
+       many=st.integers(0, 200), crlf=st.sampled_from(["", "first", "all"]),
+       after=st.sampled_from([b"", b"HANGUP\n", b"200 result=1 (x)\n", b"\n\n"]),
+       cuts=st.lists(st.integers(1, 9000), max_size=4), eof=st.booleans())
+def test_the_block_read_at_once_is_read_as_line_by_line(lines, many, crlf, after, cuts, eof) -> None:
+    """Whatever the bytes and however they are cut into segments: the same environment or the
+    same error as reading and checking one line at a time, and the same bytes left unread."""
+    lines = [*lines, *[b"agi_n%d: v" % i for i in range(many)]] if many > 150 else lines
+    ends = [b"\r\n" if crlf == "all" or (crlf == "first" and i == 0) else b"\n"
+            for i in range(len(lines) + 1)]
+    data = b"".join(line + end for line, end in zip([*lines, b""], ends, strict=True)) + after
+    points = sorted({c for c in cuts if c < len(data)})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+    async def outcome(read):  # noqa: ANN001, ANN202
+        reader = await feed(*chunks, eof=eof)
+        try:
+            async with asyncio.timeout(0.2):
+                result = await read(reader)
+        except (AgiProtocolError, PeerGone, TimeoutError) as exc:
+            return type(exc).__name__, re.sub(r"\(\d+ bytes\)", "", str(exc)), None
+        left = reader._buffer[:]  # noqa: SLF001  (what the next reply read would see)
+        return "env", result, bytes(left)
+
+    async def body() -> None:
+        expected = await outcome(_environment_line_by_line)
+        got = await outcome(lambda r: read_environment(r, 0.2))
+        block = data.split(b"\n\n", 1)[0]
+        if expected[0] == "TimeoutError":  # read_environment reports its own timeout
+            assert got[0] == "AgiProtocolError" and "within 0.2 s" in got[1]
+        elif expected[0] == "env" and crlf == "" and b"\n\r\n" in b"\n" + block + b"\n":
+            # LF lines, then a CRLF empty line: refused rather than read past (unless the
+            # block was too long to take at once: then read line by line as the reference)
+            assert got == expected or got[0] == "AgiProtocolError" and ("mixes LF and CRLF" in got[1]
+                                                     or "within 0.2 s" in got[1]
+                                                     or "closed inside" in got[1]), got
+        else:
+            assert got == expected
 
     asyncio.run(body())
 
