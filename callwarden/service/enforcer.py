@@ -73,6 +73,14 @@ _ABANDON_RECORDINGS = HotStatements(
 CORRECTION_TRIES = 3
 
 
+def _correct(conn: Connection, corrections: Sequence[Correction]) -> None:
+    """Turn the corrected calls into denies and their recordings (never started) into failed
+    ones."""
+    _ABANDON_CALL.executemany(conn, [{"cid": c.call_id, "new_reasons": ",".join(c.codes)}
+                                     for c in corrections])
+    _ABANDON_RECORDINGS.execute(conn, {"cids": [c.call_id for c in corrections]})
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What an adapter needs to act on a decision."""
@@ -366,7 +374,8 @@ class Enforcer:
                 decided.append((p, d))
             now = time.monotonic()
             calls, recordings = [], []
-            entries = self._corrections(conn, corrections) if corrections else []
+            entries = [audit.NewEntry("pbx:" + c.pbx, "decision_abandoned", c.call_id,
+                                      {"reasons": list(c.codes)}) for c in corrections]
             for p, d in decided:
                 if now > p.deadline:  # the adapter has given up: this must not land as an allow
                     results.append((p, None))
@@ -391,7 +400,9 @@ class Enforcer:
                     "mode": self.settings.mode, "pbx_call_id": a.pbx_call_id,
                 }))
                 results.append((p, Outcome(p.call_id, d, let_through, relpath)))
-            with hot.pipeline(conn):
+            with hot.pipeline(conn):  # the corrections too: no round trip of their own
+                if corrections:
+                    _correct(conn, corrections)
                 if calls:
                     _INSERT_CALL.executemany(conn, calls)
                 if recordings:
@@ -400,16 +411,6 @@ class Enforcer:
                 audit.extend(conn, head, entries)
                 hot.commit(conn)
         return results
-
-    @staticmethod
-    def _corrections(conn: Connection, corrections: Sequence[Correction]) -> list[audit.NewEntry]:
-        """Turn the corrected calls into denies (their recordings, not started, into failed
-        ones); returns their audit entries, for the batch's place in the chain."""
-        _ABANDON_CALL.executemany(conn, [{"cid": c.call_id, "new_reasons": ",".join(c.codes)}
-                                         for c in corrections])
-        _ABANDON_RECORDINGS.execute(conn, {"cids": [c.call_id for c in corrections]})
-        return [audit.NewEntry("pbx:" + c.pbx, "decision_abandoned", c.call_id,
-                               {"reasons": list(c.codes)}) for c in corrections]
 
     def _correction_failed(self, corrections: Sequence[Correction], exc: BaseException) -> None:
         """A failed batch took these corrections with it: queue them again, a few times."""

@@ -345,7 +345,7 @@ def test_a_correction_outlives_a_failed_batch_and_is_given_up_after_a_few(node, 
 
     e = node(frequency={"per_day": 100, "per_week": 700})
     late = e.decide(attempt(pbx_call_id="late"))
-    real, failures = Enforcer._corrections, [1]
+    real, failures = mod._correct, [1]
 
     def flaky(conn, corrections):
         if failures[0] > 0:
@@ -353,7 +353,7 @@ def test_a_correction_outlives_a_failed_batch_and_is_given_up_after_a_few(node, 
             raise OperationalError("UPDATE", {}, Exception("database is locked"))
         return real(conn, corrections)
 
-    monkeypatch.setattr(Enforcer, "_corrections", staticmethod(flaky))
+    monkeypatch.setattr(mod, "_correct", flaky)
     e.abandon(late, "asterisk")  # fails once, then goes through with the next try
 
     def decision() -> str:
