@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import Pool
@@ -69,6 +69,21 @@ _ABANDON_RECORDINGS = HotStatements(
     update(Recording).where(Recording.call_id.in_(bindparam("cids", expanding=True)),
                             Recording.status == "recording")
     .values(status="failed", error="decision abandoned: the call was denied"))
+# A call's end, in one statement: the newest call with that PBX id gets the end's values, an
+# end that lacks one keeps what an earlier end (Hangup, then Cdr) gave.
+_END_CALL = HotStatements(
+    update(Call).where(Call.call_id == select(Call.call_id).where(
+        Call.pbx == bindparam("e_pbx"), Call.pbx_call_id == bindparam("e_pbx_call_id"))
+        .order_by(Call.attempted_at.desc()).limit(1).scalar_subquery())
+    .values(ended_at=bindparam("e_ended_at"),
+            answered_at=func.coalesce(bindparam("e_answered_at", type_=Call.answered_at.type),
+                                      Call.answered_at),
+            billsec=func.coalesce(bindparam("e_billsec", type_=Call.billsec.type), Call.billsec),
+            disposition=func.coalesce(bindparam("e_disposition", type_=Call.disposition.type),
+                                      Call.disposition),
+            hangup_cause=func.coalesce(bindparam("e_hangup_cause", type_=Call.hangup_cause.type),
+                                       Call.hangup_cause))
+    .returning(Call.call_id, Call.recording_id))
 #: Batches a correction may fail with before it is given up (logged: decision_abandon_failed).
 CORRECTION_TRIES = 3
 
@@ -527,24 +542,32 @@ class Enforcer:
                 Call.pbx == pbx, Call.pbx_call_id == _pbx_id(pbx_call_id)).order_by(Call.attempted_at.desc()).limit(1))
 
     def call_ended(self, end: CallEnd) -> str | None:
-        """Complete the CDR of the call the PBX reports as over; returns its call id."""
-        with unit_of_work(self.sessions) as session:
-            call = session.scalars(select(Call).where(
-                Call.pbx == end.pbx, Call.pbx_call_id == _pbx_id(end.pbx_call_id),
-            ).order_by(Call.attempted_at.desc()).limit(1)).first()
-            if call is None:
+        """Complete the CDR of the call the PBX reports as over; returns its call id.
+
+        Every call pays this once, as it pays a decision: so it runs on the hot statements in
+        two round trips (the audit head's lock with the update, then the entry with the
+        commit), not through the ORM (~5 ms of CPU a call on PostgreSQL, more than the
+        decision). The head is locked first, as every writer does (the decision writer locks
+        it, then corrects calls: the other order could deadlock)."""
+        ends = fit(_CALL_WIDTHS, {"disposition": end.disposition, "hangup_cause": end.hangup_cause})
+        with self.engine.connect() as conn, conn.begin():
+            with hot.pipeline(conn):
+                head = audit.lock_head(conn)
+                rows = _END_CALL.execute(conn, {
+                    "e_pbx": end.pbx, "e_pbx_call_id": _pbx_id(end.pbx_call_id),
+                    "e_ended_at": end.ended_at, "e_answered_at": end.answered_at,
+                    "e_billsec": end.billsec, "e_disposition": ends["disposition"] or None,
+                    "e_hangup_cause": ends["hangup_cause"] or None})
+            if not rows:
                 return None
-            call.ended_at = end.ended_at
-            call.answered_at = end.answered_at or call.answered_at
-            call.billsec = end.billsec if end.billsec is not None else call.billsec
-            ends = fit(_CALL_WIDTHS, {"disposition": end.disposition,
-                                      "hangup_cause": end.hangup_cause})
-            call.disposition = ends["disposition"] or call.disposition
-            call.hangup_cause = ends["hangup_cause"] or call.hangup_cause
-            audit.append_at_commit(session, "pbx:" + end.pbx, "call_ended", call.call_id, {
-                "answered_at": end.answered_at, "ended_at": end.ended_at, "billsec": end.billsec,
-                "disposition": end.disposition, "hangup_cause": end.hangup_cause})
-            call_id, recorded = call.call_id, call.recording_id is not None
+            (call_id, recording_id), = rows
+            with hot.pipeline(conn):
+                audit.extend(conn, head, [audit.NewEntry("pbx:" + end.pbx, "call_ended", call_id, {
+                    "answered_at": end.answered_at, "ended_at": end.ended_at,
+                    "billsec": end.billsec, "disposition": end.disposition,
+                    "hangup_cause": end.hangup_cause})])
+                hot.commit(conn)
+            recorded = recording_id is not None
         log.info("call_ended", call_id=call_id, pbx=end.pbx, billsec=end.billsec,
                  disposition=end.disposition, hangup_cause=end.hangup_cause)
         if recorded:  # after the commit: the CDR stands whatever happens to the file

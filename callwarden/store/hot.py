@@ -62,7 +62,8 @@ class HotStatement:
         self._expanding = tuple(sorted(name for name, bind in compiled.binds.items()
                                        if bind.expanding))
         self._plans: dict[tuple[int, ...], tuple[str, list[Slot]]] = {}
-        self._returns_rows = bool(getattr(statement, "is_select", False))
+        self._returns_rows = bool(getattr(statement, "is_select", False)
+                                  or getattr(statement, "_returning", ()))
         columns = getattr(statement, "selected_columns", None)
         results = ([c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
                    if columns is not None else [])

@@ -408,3 +408,28 @@ def test_journal_entries_the_store_cannot_take_are_set_aside(store_url, make_set
     assert e.replay_journal() == 1  # later denials replay again
     with e.sessions() as s:
         assert sorted(s.scalars(select(Call.pbx_call_id))) == ["after", "good"]
+
+
+def test_a_second_end_keeps_what_the_first_gave_and_the_newest_call_with_the_id_ends(
+        seeded_url, make_settings):
+    """Asterisk reports an end twice (Hangup, then Cdr), each with part of it; a PBX id can come
+    back on a later call (the newest one is the one ending). One audit entry per report."""
+    e = Enforcer(make_settings(seeded_url, frequency={"per_day": 10, "per_week": 70}))
+    old = e.decide(attempt(pbx_call_id="1795480861.77", at=at("2026-03-02 09:00")))
+    new = e.decide(attempt(pbx_call_id="1795480861.77"))
+    answered, ended = at("2026-03-02 10:00:07"), at("2026-03-02 10:02")
+    assert e.call_ended(CallEnd("asterisk", "1795480861.77", ended, answered, 113)) == new.call_id
+    assert e.call_ended(CallEnd("asterisk", "1795480861.77", ended, None, None, "ANSWERED",
+                                "NORMAL_CLEARING")) == new.call_id
+    assert e.call_ended(CallEnd("freeswitch", "1795480861.77", ended)) is None  # another PBX's id
+    with e.sessions() as s:
+        call = s.get(Call, new.call_id)
+        assert (call.answered_at, call.ended_at, call.billsec, call.disposition, call.hangup_cause) \
+            == (answered, ended, 113, "ANSWERED", "NORMAL_CLEARING")
+        assert s.get(Call, old.call_id).ended_at is None
+        entries = s.scalars(select(AuditEntry).where(AuditEntry.action == "call_ended")
+                            .order_by(AuditEntry.seq)).all()
+        assert [x.subject for x in entries] == [new.call_id, new.call_id]
+        assert entries[0].actor == "pbx:asterisk" and '"billsec":113' in entries[0].details
+        assert verify_chain(s) == []
+    e.engine.dispose()
