@@ -104,7 +104,7 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=200, help="operations per row")
     p.add_argument("--backends", default="sqlite,postgresql")
     args = p.parse_args()
-    configure("console", "warning")  # one log line per call would be timed too
+    configure("console", "error")  # a log line per call (decision, warning) would be timed too
     print(f"store writes per call, {os.cpu_count()} CPUs, {args.calls} of each, one at a time")
     print(f"{'store':<11} {'operation':<18} {'CPU ms':>8} {'wall ms':>8}   CPU / decide")
     for kind in args.backends.split(","):
