@@ -101,18 +101,16 @@ class GroupCommit:
         return len(self._waiting)
 
     def submit(self, pending: Pending) -> concurrent.futures.Future:
-        with self._lock:
-            self._waiting.append(pending)
-            self._ready.notify()
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
-                self._thread.start()
+        self._queue(self._waiting, pending)
         return pending.future
 
     def correct(self, correction: Correction) -> None:
         """Queue a correction for the next batch (one is started if none is waiting)."""
+        self._queue(self._corrections, correction)
+
+    def _queue(self, queue: deque, item: Pending | Correction) -> None:
         with self._lock:
-            self._corrections.append(correction)
+            queue.append(item)
             self._ready.notify()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
