@@ -545,9 +545,9 @@ class Enforcer:
         """Complete the CDR of the call the PBX reports as over; returns its call id.
 
         Every call pays this once, as it pays a decision: so it runs on the hot statements in
-        two round trips (the audit head's lock with the update, then the entry with the
-        commit), not through the ORM (~5 ms of CPU a call on PostgreSQL, more than the
-        decision). The head is locked first, as every writer does (the decision writer locks
+        three round trips on PostgreSQL (the head's lock, the update, then the entry with the
+        commit; reading a statement's rows syncs the pipeline), not through the ORM (~5 ms of
+        CPU a call on PostgreSQL, more than the decision). The head is locked first, as every writer does (the decision writer locks
         it, then corrects calls: the other order could deadlock)."""
         ends = fit(_CALL_WIDTHS, {"disposition": end.disposition, "hangup_cause": end.hangup_cause})
         with self.engine.connect() as conn, conn.begin():
