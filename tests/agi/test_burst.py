@@ -25,7 +25,8 @@ DECISION_TIMEOUT_MS = 500  # the default in config/model.py
 OTHER_TENANT, OTHER_ACCESS = "beta", "01058001234"  # config/registry.example.yaml
 
 
-def test_burst_of_outbound_calls_during_a_detector_pass(make_settings, seeded_url) -> None:
+def test_burst_of_outbound_calls_during_a_detector_pass(make_settings, seeded_url,
+                                                        steady_heap) -> None:
     insert_calls(seeded_url, telemarketing(
         OTHER_TENANT, MONDAY_10AM - dt.timedelta(minutes=50), MONDAY_10AM - dt.timedelta(minutes=1),
         random.Random(81), access=OTHER_ACCESS, first=13700000001))

@@ -166,7 +166,7 @@ def test_unknown_command_and_help():
 
 
 def test_a_large_dnc_import_on_sqlite_never_holds_decisions_past_their_deadline(
-        sqlite_url, tmp_path, make_settings):
+        sqlite_url, tmp_path, make_settings, steady_heap):
     """SQLite has one writer: the import goes in short transactions, so decisions made while
     it runs keep the default 500 ms deadline; the file is checked whole first."""
     import threading

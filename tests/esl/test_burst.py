@@ -42,7 +42,8 @@ def _detector_pass(url: str, now: dt.datetime, start: threading.Barrier,
         detector.engine.dispose()
 
 
-def test_a_burst_while_the_detector_writes_is_never_refused(make_rig: Callable[..., EslRig]) -> None:
+def test_a_burst_while_the_detector_writes_is_never_refused(make_rig: Callable[..., EslRig],
+                                                            steady_heap: None) -> None:
     fs = make_rig(hub_probe=True)
     _, first = fs.place(profile())  # warm: the store's first connections
     assert first.variables_set["callwarden_decision"] == "allow"
