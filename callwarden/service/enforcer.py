@@ -36,7 +36,7 @@ from callwarden.recorder.naming import recording_relpath, spool_file
 from callwarden.service.checkpoint import BackgroundCheckpoints
 from callwarden.service.group_commit import Correction, GroupCommit, Pending
 from callwarden.service.journal import OutageJournal
-from callwarden.service.recordings import RecordingService
+from callwarden.service.recordings import RecordingService, returned_at_call_end
 from callwarden.store import audit, hot
 from callwarden.store.db import StoreUnavailable, make_engine, make_sessionmaker, unit_of_work
 from callwarden.store.facts import GLOBAL, BatchFacts
@@ -70,7 +70,8 @@ _ABANDON_RECORDINGS = HotStatements(
                             Recording.status == "recording")
     .values(status="failed", error="decision abandoned: the call was denied"))
 # A call's end, in one statement: the newest call with that PBX id gets the end's values, an
-# end that lacks one keeps what an earlier end (Hangup, then Cdr) gave.
+# end that lacks one keeps what an earlier end (Hangup, then Cdr) gave. It returns the call's
+# recording row as well (recordings.returned_at_call_end).
 _END_CALL = HotStatements(
     update(Call).where(Call.call_id == select(Call.call_id).where(
         Call.pbx == bindparam("e_pbx"), Call.pbx_call_id == bindparam("e_pbx_call_id"))
@@ -83,7 +84,7 @@ _END_CALL = HotStatements(
                                       Call.disposition),
             hangup_cause=func.coalesce(bindparam("e_hangup_cause", type_=Call.hangup_cause.type),
                                        Call.hangup_cause))
-    .returning(Call.call_id, Call.recording_id))
+    .returning(*returned_at_call_end()))
 #: Batches a correction may fail with before it is given up (logged: decision_abandon_failed).
 CORRECTION_TRIES = 3
 
@@ -547,8 +548,10 @@ class Enforcer:
         Every call pays this once, as it pays a decision: so it runs on the hot statements in
         three round trips on PostgreSQL (the head's lock, the update, then the entry with the
         commit; reading a statement's rows syncs the pipeline), not through the ORM (~5 ms of
-        CPU a call on PostgreSQL, more than the decision). The head is locked first, as every writer does (the decision writer locks
-        it, then corrects calls: the other order could deadlock)."""
+        CPU a call on PostgreSQL, more than the decision). The update also returns what the
+        recording's first storing attempt needs, so that attempt reads nothing itself. The
+        head is locked first, as every writer does (the decision writer locks it, then
+        corrects calls: the other order could deadlock)."""
         ends = fit(_CALL_WIDTHS, {"disposition": end.disposition, "hangup_cause": end.hangup_cause})
         with self.engine.connect() as conn, conn.begin():
             with hot.pipeline(conn):
@@ -560,7 +563,8 @@ class Enforcer:
                     "e_hangup_cause": ends["hangup_cause"] or None})
             if not rows:
                 return None
-            (call_id, recording_id), = rows
+            [returned] = rows
+            recording_id, call_id = returned[0], returned[1]
             with hot.pipeline(conn):
                 audit.extend(conn, head, [audit.NewEntry("pbx:" + end.pbx, "call_ended", call_id, {
                     "answered_at": end.answered_at, "ended_at": end.ended_at,
@@ -571,7 +575,7 @@ class Enforcer:
         log.info("call_ended", call_id=call_id, pbx=end.pbx, billsec=end.billsec,
                  disposition=end.disposition, hangup_cause=end.hangup_cause)
         if recorded:  # after the commit: the CDR stands whatever happens to the file
-            self.recordings.after_call_ended(call_id)
+            self.recordings.after_call_ended(call_id, returned)
         return call_id
 
     def caller_id_changed(self, pbx: str, pbx_call_id: str, new_caller: str | None) -> str | None:

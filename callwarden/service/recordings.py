@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -82,7 +82,9 @@ class FinalizeResult:
 
 @dataclass(frozen=True, slots=True)
 class _Row:
-    """The recording row and the call facts one finalization needs, read without locks."""
+    """The recording row and the call facts one finalization needs, read without locks
+    (by :meth:`RecordingService._row`, or returned by the statement that ends the call:
+    :func:`returned_at_call_end`)."""
 
     rec_id: int
     call_id: str
@@ -93,6 +95,20 @@ class _Row:
     ended_at: dt.datetime | None
     pbx: str
     problem: str | None  # calls.recording_problem
+
+
+def returned_at_call_end() -> tuple[Any, ...]:
+    """The columns of a :class:`_Row`, in its order, as RETURNING columns of an UPDATE of
+    ``calls``: the recording's own through correlated subqueries (NULL for a call without
+    one). The enforcer's end-of-call statement returns them, so that the attempt to store
+    the recording right after needs no read of its own."""
+    def of_recording(column: Any) -> Any:
+        return select(column).where(Recording.id == Call.recording_id).scalar_subquery()
+
+    return (Call.recording_id, Call.call_id, of_recording(Recording.status),
+            of_recording(Recording.spool_path), of_recording(Recording.claimed_at),
+            of_recording(Recording.retain_until), Call.ended_at, Call.pbx,
+            Call.recording_problem)
 
 
 def expected_location(storage: Storage, relpath: str) -> str | None:
@@ -153,15 +169,18 @@ class RecordingService:
 
     # -- entry points -------------------------------------------------------------------------
 
-    def after_call_ended(self, call_id: str) -> FinalizeResult | None:
+    def after_call_ended(self, call_id: str, returned: Sequence[Any] | None = None
+                         ) -> FinalizeResult | None:
         """The quick attempt made right after a CDR is completed; never raises, never waits.
+        ``returned``: the row of :func:`returned_at_call_end` the completion gave (else it is
+        read here).
 
         Stores the recording if its spool file is already there and settled; otherwise leaves
         it ``recording`` for the adapter's own :meth:`finalize` call or the sweep. If it was
         stored before the call's end was known, extends its deadline to end + retention.
         """
         try:
-            row = self._row(call_id)
+            row = self._row(call_id) if returned is None else _Row(*returned)
             if row is None:
                 return None
             if row.status == "stored":

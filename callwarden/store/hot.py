@@ -64,7 +64,8 @@ class HotStatement:
         self._plans: dict[tuple[int, ...], tuple[str, list[Slot]]] = {}
         self._returns_rows = bool(getattr(statement, "is_select", False)
                                   or getattr(statement, "_returning", ()))
-        columns = getattr(statement, "selected_columns", None)
+        # A SELECT's columns, or an INSERT/UPDATE's RETURNING columns
+        columns = statement.exported_columns if self._returns_rows else None  # type: ignore[attr-defined]
         results = ([c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
                    if columns is not None else [])
         self._results: list[Processor] = results if any(results) else []  # [] when none applies

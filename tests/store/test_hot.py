@@ -70,6 +70,27 @@ def test_insert_fills_column_defaults_and_update_takes_in_lists(engine) -> None:
         assert linked == {"a": recs[0][4], "b": None}
 
 
+def test_update_returning_gives_typed_values_as_connection_execute(engine) -> None:
+    """RETURNING columns of an UPDATE, a correlated subquery among them, come back with their
+    types applied (SQLite stores datetimes as text): the same rows as SQLAlchemy's own
+    execution, which the end-of-call statement relies on."""
+    stamp = update(Call).where(Call.call_id == bindparam("cid")).values(
+        ended_at=bindparam("end")).returning(
+        Call.call_id, Call.ended_at,
+        select(Recording.started_at).where(Recording.id == Call.recording_id).scalar_subquery())
+    with engine.begin() as conn:
+        HotStatements(insert(Call)).executemany(conn, [_row("a", "1", T0), _row("b", "2", T0)])
+        HotStatements(insert(Recording)).execute(conn, {
+            "call_id": "a", "tenant_id": None, "spool_path": "/spool/a.wav", "started_at": T0})
+        conn.execute(update(Call).where(Call.call_id == "a").values(
+            recording_id=select(Recording.id).scalar_subquery()))
+        got = HotStatements(stamp).execute(conn, {"cid": "a", "end": T0 + dt.timedelta(minutes=3)})
+        assert got == [("a", T0 + dt.timedelta(minutes=3), T0)]
+        assert all(isinstance(v, dt.datetime) and v.tzinfo is not None for v in got[0][1:])
+        expected = [tuple(r) for r in conn.execute(stamp, {"cid": "b", "end": T0})]
+        assert HotStatements(stamp).execute(conn, {"cid": "b", "end": T0}) == expected == [("b", T0, None)]
+
+
 def test_driver_errors_come_back_as_sqlalchemy_errors_and_roll_back(engine) -> None:
     hot = HotStatements(insert(Call))
     with engine.begin() as conn:
