@@ -56,7 +56,8 @@ class StoreGate:
         the call reached us: under overload a call is denied early rather than decided too
         late to finish its session; time queued for the decision writer counts too). A
         decision already stored when the deadline is noticed is used, not corrected."""
-        remaining = started + self.decision_timeout_s - time.monotonic()
+        submitted = time.monotonic()
+        remaining = started + self.decision_timeout_s - submitted
         job: concurrent.futures.Future[Outcome] | None = None
         try:
             with gevent.Timeout(max(0.0, remaining)):
@@ -72,9 +73,12 @@ class StoreGate:
                 gevent.spawn(self._late_decision, job, attempt.pbx)
             else:  # never decided: keep the denial for the store (journal file)
                 self._background.submit(self.enforcer.journal_denial, attempt, route)
+            # handover_ms: how much of the deadline had gone before the decision was asked for
+            # (the call's first exchange with FreeSWITCH, and waiting for the hub)
             log.error("decision_timeout", route=route, tenant=attempt.tenant,
                       pbx_call_id=attempt.pbx_call_id,
                       timeout_ms=round(self.decision_timeout_s * 1000),
+                      handover_ms=round((submitted - started) * 1000, 2),
                       action="outbound call denied POLICY_UNAVAILABLE (fail closed)")
             return DecisionResult(None, denial("POLICY_UNAVAILABLE"), _ms_since(started))
         except Exception as exc:  # an enforcer bug must deny, never let the call through

@@ -181,6 +181,10 @@ def _journal_time(entry: dict) -> dt.datetime | None:
 _CALL_WIDTHS = widths(Call.__table__)  # type: ignore[arg-type]
 
 
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
 def _pbx_id(pbx_call_id: str) -> str:
     """The PBX call id as stored (cut to its column), for lookups."""
     return pbx_call_id[:_CALL_WIDTHS["pbx_call_id"]]
@@ -299,16 +303,21 @@ class Enforcer:
                       error=type(exc).__name__,
                       detail=(str(exc).splitlines() or [""])[0][:200],
                       action="outbound call denied (fail closed)")
-        latency_s = time.monotonic() - p.started
+        answered = time.monotonic()
+        latency_s = answered - p.started
         if self.observer is not None:
             self.observer.decided(route, attempt.pbx, outcome, latency_s)
         p.future.set_result(outcome)  # the caller first: the log line is not on its path
         d = outcome.decision
+        # latency_ms is the sum of the three after it: the adapter's part before the hand-over
+        # (on FreeSWITCH the call's first exchange), the wait for the writer, the store's part
         log.info("decision", route=route, call_id=p.call_id, pbx=attempt.pbx,
                  pbx_call_id=attempt.pbx_call_id, tenant=attempt.tenant,
                  caller=mask_raw(attempt.caller), callee=mask_raw(attempt.callee),
                  decision=d.decision, reasons=list(d.codes), let_through=outcome.let_through,
-                 mode=self.settings.mode, latency_ms=round(latency_s * 1000, 2))
+                 mode=self.settings.mode, latency_ms=_ms(latency_s),
+                 handover_ms=_ms(p.submitted - p.started), queued_ms=_ms(p.taken - p.submitted),
+                 store_ms=_ms(answered - p.taken))
 
     def journal_denial(self, attempt: CallAttempt, route: str = "outbound") -> None:
         """Keep a denial the adapter gave on its own (no decision in time, never started)."""

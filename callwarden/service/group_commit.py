@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ class Pending:
     route: str
     call_id: str
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    # Where its time went (logged with the decision): handed to the writer, taken into a batch
+    submitted: float = field(default_factory=time.monotonic)
+    taken: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +154,9 @@ class GroupCommit:
             batch, corrections = work
             # An adapter that gave up waiting cancels its future: nothing to decide for it.
             running = [p for p in batch if p.future.set_running_or_notify_cancel()]
+            taken = time.monotonic()
+            for p in running:
+                p.taken = taken
             if not running and not corrections:
                 continue
             if running:

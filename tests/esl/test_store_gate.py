@@ -111,3 +111,27 @@ def test_a_decision_stored_when_the_deadline_is_noticed_stands(monkeypatch) -> N
     gevent.sleep(0.05)
     assert enforcer.abandoned == [] and enforcer.journaled == 0
     gate.close()
+
+
+def test_a_timeout_says_how_much_of_the_deadline_went_before_the_decision_was_asked_for() -> None:
+    """The call arrived 300 ms before the gate was reached (its first exchange, a busy hub):
+    the decision_timeout event says so, so that an operator can tell a slow store from a
+    starved adapter. Nothing is answered in time here: the writer never takes the attempt."""
+    from structlog.testing import capture_logs
+
+    class _Silent(_Deciding):
+        def submit(self, attempt, started, route):  # noqa: ANN001, ANN201
+            return concurrent.futures.Future()  # queued, never taken
+
+    enforcer = _Silent()
+    gate = StoreGate(enforcer, decision_timeout_s=0.5)  # type: ignore[arg-type]
+    attempt = CallAttempt(tenant="acme", caller="95512", callee="13800138000",
+                          at=dt.datetime(2026, 3, 2, 10, tzinfo=dt.UTC), pbx="freeswitch")
+    with capture_logs() as logs:
+        result = gate.decide(attempt, time.monotonic() - 0.3)
+    assert result.outcome is None and result.decision.codes == ("POLICY_UNAVAILABLE",)
+    [event] = [e for e in logs if e["event"] == "decision_timeout"]
+    assert 300 <= event["handover_ms"] < 500 and event["timeout_ms"] == 500
+    gevent.sleep(0.05)
+    assert enforcer.journaled == 1  # never decided: the denial is kept for the store
+    gate.close()

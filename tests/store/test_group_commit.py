@@ -383,3 +383,34 @@ def test_a_correction_outlives_a_failed_batch_and_is_given_up_after_a_few(node, 
     with e.sessions() as s:
         assert s.get(Call, other.call_id).decision == "allow"  # what could not be corrected
         assert verify_chain(s) == []
+
+
+def test_the_decision_event_says_where_its_time_went(node):
+    """``latency_ms`` (arrival to answer) is split into the adapter's part before the hand-over,
+    the wait for the writer and the store's part: here the call reached the enforcer 50 ms
+    after it arrived, and the writer was busy with an earlier batch for 150 ms."""
+    from structlog.testing import capture_logs
+
+    e = node()
+    gate = threading.Event()
+    real = e.writer._run_batch
+
+    def held(batch, corrections):
+        gate.wait(5)
+        real(batch, corrections)
+
+    with capture_logs() as logs:
+        e.decide(attempt(pbx_call_id="warm"))  # the writer's first connection and reads
+        e.writer._run_batch = held
+        first = e.submit(attempt(pbx_call_id="first"), time.monotonic())
+        time.sleep(0.02)  # the writer has taken "first" and waits at the gate
+        later = e.submit(attempt(pbx_call_id="later"), time.monotonic() - 0.05)
+        threading.Timer(0.15, gate.set).start()
+        # (the decisions themselves do not matter here: one callee, so a frequency limit may deny)
+        assert "POLICY_UNAVAILABLE" not in first.result(5).decision.codes + later.result(5).decision.codes
+        time.sleep(0.05)  # the log line follows the answer
+    [event] = [x for x in logs if x["event"] == "decision" and x["pbx_call_id"] == "later"]
+    parts = event["handover_ms"] + event["queued_ms"] + event["store_ms"]
+    assert abs(parts - event["latency_ms"]) < 0.1, event
+    assert 50 <= event["handover_ms"] < 60, event
+    assert event["queued_ms"] >= 100 and event["store_ms"] >= 0, event
