@@ -22,6 +22,9 @@ first ``uuid_setvar``/``record_session`` after the decision), and to the hand-ba
 each concurrent caller places calls back to back for ``--seconds``. Under load the store may
 not answer within ``decision_timeout_ms``: those calls are denied POLICY_UNAVAILABLE (fail
 closed) and counted in the ``refused`` column. No assertions on time: it prints a table.
+Under each full server's ratio line, the server's own ``decision`` events of that run split
+its latency (arrival to answer, what the deadline bounds) into the part before the adapter asks
+for the decision, the wait for the writer and the store's part (README, "Logs").
 
 Modes: ``--levels`` (closed loop, above); ``--burst N``: N set-ups started at the same instant,
 ``--rounds`` times; ``--rate R --duration D``: open loop, a set-up started every 1/R s whatever
@@ -283,6 +286,28 @@ def main() -> None:
                 time.sleep(0.05)
             return {"p99_ms": float("nan"), "max_ms": float("nan")}
 
+        def mark(self) -> None:
+            """Start counting decision events here (:meth:`decision_split`)."""
+            self._mark = self.log.stat().st_size
+
+        def decision_split(self) -> str:
+            """Where the decisions logged since :meth:`mark` spent their time, from the
+            server's own ``decision`` events: p50/p90 of each part ('' for a floor server,
+            which decides nothing)."""
+            with self.log.open("rb") as f:
+                f.seek(getattr(self, "_mark", 0))
+                events = [json.loads(ln) for ln in f.read().decode(errors="replace").splitlines()
+                          if '"event": "decision"' in ln]
+            parts = ("latency_ms", "handover_ms", "queued_ms", "store_ms")
+            events = [e for e in events if all(k in e for k in parts)]
+            if not events:
+                return ""
+            figures = {k: (pct(sorted(e[k] for e in events), 0.5),
+                           pct(sorted(e[k] for e in events), 0.9)) for k in parts}
+            latency, handover, queued, store = (f"{a:.1f}/{b:.1f}" for a, b in figures.values())
+            return (f"latency {latency} ms = before asking {handover} + queued {queued} + "
+                    f"store {store} (p50/p90 of {len(events)} decisions)")
+
         def stop(self) -> None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -461,11 +486,13 @@ def main() -> None:
                          lambda: open_loop(server, args.rate, args.duration, args.max_inflight)))
         for name, run in plan:
             load = StoreLoad(url) if url and args.store_load else None
+            server.mark()
             try:
                 out[name] = run()  # type: ignore[operator]
             finally:
                 if load is not None:
                     out[name]["store_load"] = load.stop()  # type: ignore[assignment]
+            out[name]["split"] = server.decision_split()  # type: ignore[assignment]
         return out
 
     from importlib.metadata import version
@@ -533,6 +560,8 @@ def main() -> None:
                 print(f"{name}, {mode}: decided p50 {r['p50']:.2f} ms vs floor {f['p50']:.2f} ms "
                       f"({r['p50'] / f['p50']:.1f}x), {r['rate']:.0f} vs {f['rate']:.0f} calls/s, "
                       f"hub max {r['hub_max']:.1f} vs {f['hub_max']:.1f} ms")
+                if r.get("split"):
+                    print(f"    {r['split']}")
     if args.keep:
         print(f"server logs and store kept in {work}")
     else:
