@@ -272,6 +272,7 @@ def main() -> None:
                 self.proc.kill()
                 raise SystemExit(f"server {argv} did not start; see {self.log}")
             self.port = int(line.split()[1])
+            self._mark = 0  # where decision_split starts reading the log
 
         def hub(self) -> dict[str, float]:
             """The hub probe's figures since the previous call."""
@@ -295,16 +296,16 @@ def main() -> None:
             server's own ``decision`` events: p50/p90 of each part ('' for a floor server,
             which decides nothing)."""
             with self.log.open("rb") as f:
-                f.seek(getattr(self, "_mark", 0))
+                f.seek(self._mark)
                 events = [json.loads(ln) for ln in f.read().decode(errors="replace").splitlines()
                           if '"event": "decision"' in ln]
             parts = ("latency_ms", "handover_ms", "queued_ms", "store_ms")
             events = [e for e in events if all(k in e for k in parts)]
             if not events:
                 return ""
-            figures = {k: (pct(sorted(e[k] for e in events), 0.5),
-                           pct(sorted(e[k] for e in events), 0.9)) for k in parts}
-            latency, handover, queued, store = (f"{a:.1f}/{b:.1f}" for a, b in figures.values())
+            ordered = {k: sorted(e[k] for e in events) for k in parts}
+            latency, handover, queued, store = (f"{pct(v, 0.5):.1f}/{pct(v, 0.9):.1f}"
+                                                for v in ordered.values())
             return (f"latency {latency} ms = before asking {handover} + queued {queued} + "
                     f"store {store} (p50/p90 of {len(events)} decisions)")
 

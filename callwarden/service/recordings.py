@@ -97,18 +97,20 @@ class _Row:
     problem: str | None  # calls.recording_problem
 
 
-def returned_at_call_end() -> tuple[Any, ...]:
-    """The columns of a :class:`_Row`, in its order, as RETURNING columns of an UPDATE of
-    ``calls``: the recording's own through correlated subqueries (NULL for a call without
-    one). The enforcer's end-of-call statement returns them, so that the attempt to store
-    the recording right after needs no read of its own."""
-    def of_recording(column: Any) -> Any:
-        return select(column).where(Recording.id == Call.recording_id).scalar_subquery()
+#: Where each field of :class:`_Row` comes from, in its order (``rec_id`` is the call's link to
+#: its recording, which is the recording's id wherever the two are joined).
+_ROW_SOURCES = (Call.recording_id, Call.call_id, Recording.status, Recording.spool_path,
+                Recording.claimed_at, Recording.retain_until, Call.ended_at, Call.pbx,
+                Call.recording_problem)
 
-    return (Call.recording_id, Call.call_id, of_recording(Recording.status),
-            of_recording(Recording.spool_path), of_recording(Recording.claimed_at),
-            of_recording(Recording.retain_until), Call.ended_at, Call.pbx,
-            Call.recording_problem)
+
+def returned_at_call_end() -> tuple[Any, ...]:
+    """:data:`_ROW_SOURCES` as RETURNING columns of an UPDATE of ``calls`` (the enforcer's
+    end-of-call statement): the recording's own through correlated subqueries (NULL for a call
+    without one), so that the attempt to store the recording right after reads nothing."""
+    return tuple(
+        select(c).where(Recording.id == Call.recording_id).scalar_subquery()
+        if c.table is Recording.__table__ else c for c in _ROW_SOURCES)
 
 
 def expected_location(storage: Storage, relpath: str) -> str | None:
@@ -339,9 +341,7 @@ class RecordingService:
     # -- state changes (each one short transaction) ---------------------------------------------
 
     def _row(self, call_id: str) -> _Row | None:
-        q = (select(Recording.id, Call.call_id, Recording.status, Recording.spool_path,
-                    Recording.claimed_at, Recording.retain_until, Call.ended_at, Call.pbx,
-                    Call.recording_problem)
+        q = (select(*_ROW_SOURCES)
              .select_from(Call).join(Recording, Recording.id == Call.recording_id)
              .where(Call.call_id == call_id))
         with self.sessions() as s:
