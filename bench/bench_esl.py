@@ -255,6 +255,14 @@ def main() -> None:
         }))
         return config
 
+    def cpu_seconds(pid: int) -> float | None:
+        """User + system CPU of a process, all threads (Linux /proc; None elsewhere)."""
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def free_port() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -357,7 +365,7 @@ def main() -> None:
 
     def closed_loop(server: Server, concurrency: int, seconds: float) -> dict[str, float]:
         samples: list[tuple[float, float, str]] = []
-        errors = [0]
+        errors, placed = [0], [0]
         lock = threading.Lock()
         measure_from = time.monotonic() + 0.5  # warm-up first
         stop_at = measure_from + seconds
@@ -368,8 +376,10 @@ def main() -> None:
                 call = new_call(server.port, i)
                 i += concurrency
                 started = time.monotonic()
-                call.run(timeout=20)
+                call.run_here(timeout=20)
                 t = timings(call)
+                with lock:
+                    placed[0] += 1
                 if started < measure_from:
                     continue
                 with lock:
@@ -387,7 +397,7 @@ def main() -> None:
             t.join()
         hub = server.hub()
         elapsed = min(time.monotonic(), stop_at) - max(began, measure_from)
-        return summary(samples, errors[0], elapsed, hub)
+        return summary(samples, errors[0], elapsed, hub, placed=placed[0])
 
     def burst(server: Server, size: int, rounds: int) -> dict[str, float]:
         samples: list[tuple[float, float, str]] = []
@@ -413,7 +423,7 @@ def main() -> None:
                "late_total_ms": sum(h.get("late_total_ms", 0) for h in hubs),
                "late_cpu_ms": sum(h.get("late_cpu_ms", 0) for h in hubs),
                "late_runq_ms": sum(h.get("late_runq_ms", 0) for h in hubs)}
-        return summary(samples, errors, elapsed, hub)
+        return summary(samples, errors, elapsed, hub, placed=size * rounds)
 
     def open_loop(server: Server, rate: float, duration: float, max_inflight: int) -> dict[str, float]:
         samples: list[tuple[float, float, str]] = []
@@ -425,7 +435,7 @@ def main() -> None:
         def one(i: int) -> None:
             try:
                 call = new_call(server.port, i)
-                call.run(timeout=20)
+                call.run_here(timeout=20)
                 t = timings(call)
                 with lock:
                     if t is None:
@@ -456,7 +466,7 @@ def main() -> None:
         elapsed = time.monotonic() - began
         hub = server.hub()
         return summary(samples, errors[0], elapsed, hub, shed=shed[0], offered=n,
-                       start_lag_ms=late * 1000)
+                       start_lag_ms=late * 1000, placed=n - shed[0])
 
     class StoreLoad:
         def __init__(self, url: str):
@@ -488,8 +498,13 @@ def main() -> None:
         for name, run in plan:
             load = StoreLoad(url) if url and args.store_load else None
             server.mark()
+            cpu = (cpu_seconds(server.proc.pid), time.process_time())
             try:
                 out[name] = run()  # type: ignore[operator]
+                r, after = out[name], cpu_seconds(server.proc.pid)
+                per_call = 1000 / max(1, r["placed"])
+                r["srv_cpu"] = (after - cpu[0]) * per_call if after and cpu[0] else float("nan")
+                r["drv_cpu"] = (time.process_time() - cpu[1]) * per_call
             finally:
                 if load is not None:
                     out[name]["store_load"] = load.stop()  # type: ignore[assignment]
@@ -563,6 +578,12 @@ def main() -> None:
                       f"hub max {r['hub_max']:.1f} vs {f['hub_max']:.1f} ms")
                 if r.get("split"):
                     print(f"    {r['split']}")
+    print("\nCPU per call placed (ms; user + system, all threads): the server process, and this "
+          "driver (the FreeSWITCH simulator, on the same CPUs)")
+    for mode in modes:
+        print(f"  {mode:>18}: " + "; ".join(
+            f"{name.replace('callwarden ', '')} {by_mode[mode]['srv_cpu']:.2f} / driver "
+            f"{by_mode[mode]['drv_cpu']:.2f}" for name, by_mode in results.items()))
     if args.keep:
         print(f"server logs and store kept in {work}")
     else:

@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.sim.freeswitch import (
     GOODBYE,
@@ -40,6 +42,7 @@ from tests.sim.freeswitch import (
     parse_event_body,
     split_frames,
     url_encode,
+    url_encode_by_byte,
 )
 
 TRACES = Path(__file__).resolve().parent / "captures"
@@ -273,6 +276,28 @@ def test_outbound_socket_replays_the_capture_byte_for_byte(trace, listener, tmp_
         assert result.closed_by == "freeswitch"
 
 
+def test_a_call_run_in_the_callers_thread_replays_the_capture_too(listener, tmp_path):
+    """``run_here`` (the benchmark's: no thread of the call's own) speaks the same bytes."""
+    blocks = load_trace(OUTBOUND[0])
+    cap = captured(blocks)
+    call = call_for(cap, switch_for(cap), listener.getsockname()[1], tmp_path,
+                    chunking=Chunking.sizes(recv_sizes(blocks)), write_gap=0.0)
+    results = []
+    caller = threading.Thread(target=lambda: results.append(call.run_here(15)))
+    caller.start()
+    conn, _ = listener.accept()
+    with conn:
+        got = replay(conn, blocks)
+        assert read_all(conn, 2.0) == b""
+    caller.join(5)
+    want = recv_stream(blocks)
+    assert got == want, first_difference(got, want)
+    assert results[0].writes == [b.data for b in blocks if b.kind == "recv"]
+    assert results[0].error is None and results[0].exit_received and call.done
+    with pytest.raises(RuntimeError):
+        call.run_here(1)  # once only, like start()
+
+
 def test_inbound_listener_sees_the_same_call_byte_for_byte(listener, tmp_path):
     """inbound_events_same_call.txt and outbound_socket_full_call.txt are one call: the
     inbound client originates it, the outbound client drives it; both views must match."""
@@ -352,6 +377,17 @@ def test_url_encoding_matches_switch_url_encode():
     assert url_encode('"Outbound Call" <default>') == "%22Outbound%20Call%22%20%3Cdefault%3E"
     assert url_encode("50%25 a=b") == "50%25%20a%3Db"  # valid %XX kept, '=' encoded
     assert url_encode("张") == "%E5%BC%A0"
+    for value in ("+OK\n", "50%25 a=b", "张", "%4", "%", "%4g", "a%41%", "%aF", "%4a", "%\x7f7"):
+        assert url_encode(value) == url_encode_by_byte(value)
+
+
+@settings(max_examples=400)
+@given(st.text(alphabet=st.sampled_from(['%', 'a', 'F', '4', 'g', ' ', '\n', '"', '\x7f', '张',
+                                          ':', '=', '/', '\\', '|', '~']), max_size=12))
+def test_the_fast_url_encoder_escapes_as_the_byte_model(value: str) -> None:
+    """The pattern the load generator uses escapes exactly what switch_url_encode()'s loop
+    does: unsafe and non-printable bytes, and a '%' unless two upper-case hex digits follow."""
+    assert url_encode(value) == url_encode_by_byte(value)
 
 
 # --------------------------------------------------------------------------- outbound behaviours
