@@ -5,7 +5,8 @@
         [--backends sqlite,postgresql] [--store-load] [--detector-thread] [--servers stock,floor,full]
 
 Three servers, each in its own process, driven the same way by the FreeSWITCH simulator
-(tests/sim/freeswitch.py: FreeSWITCH's ``socket`` application over real TCP) from this one:
+(tests/sim/freeswitch.py: FreeSWITCH's ``socket`` application over real TCP) from this one and
+its forked driver processes (``--drivers``, default 2, each with a share of the calls):
 
 * ``greenswitch stock``: greenswitch 0.0.19's OutboundESLServer with a handler that only
   answers. Its accept loop polls a non-blocking socket and sleeps 100 ms when nothing waits:
@@ -178,6 +179,7 @@ def main() -> None:
     import threading
     import time
     import uuid
+    from collections.abc import Callable
     from pathlib import Path
 
     import yaml
@@ -196,8 +198,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.0, help="open loop: set-ups per second")
     parser.add_argument("--duration", type=float, default=10.0, help="open loop: seconds")
     parser.add_argument("--max-inflight", type=int, default=400,
-                        help="open loop: set-ups in flight at most (this driver runs one Python "
-                             "thread per call: far beyond this it is its own bottleneck)")
+                        help="open loop: set-ups in flight at most, over all drivers (each runs "
+                             "one Python thread per call: far beyond this they are their own "
+                             "bottleneck)")
+    parser.add_argument("--drivers", type=int, default=2,
+                        help="driver processes sharing the load (the FreeSWITCH simulator)")
     parser.add_argument("--backends", default="sqlite", help="sqlite,postgresql")
     parser.add_argument("--servers", default="stock,floor,full")
     parser.add_argument("--store-load-every", type=float, default=0.0,
@@ -363,110 +368,161 @@ def main() -> None:
                 "hub_max": hub.get("max_ms", float("nan")),
                 "hub_own": hub.get("max_own_ms", float("nan")), "hub_split": _split(hub), **extra}
 
+    # Each load shape runs split across --drivers processes (forked: the closures come along),
+    # each with a share of the calls: one process with a thread per call in flight spent most of
+    # its CPU on the GIL's hand-offs (strace: ~1,200 futex calls per call at 50 at once).
+    Part = dict  # what one driver process reports: samples, errors, placed, and per shape
+
+    def in_drivers(share: Callable[[int, int], Part]) -> tuple[list[Part], float]:
+        """Run ``share(j, k)`` for j in 0..k-1, each in a driver process of its own; their
+        reports and the CPU they used (seconds, all of them)."""
+        import multiprocessing as mp
+
+        k = max(1, args.drivers)
+        ctx = mp.get_context("fork")
+        out = ctx.Queue()
+
+        def child(j: int) -> None:
+            part = share(j, k)
+            part["cpu"] = time.process_time()  # a forked child's counters start at zero
+            out.put(part)
+
+        procs = [ctx.Process(target=child, args=(j,), daemon=True) for j in range(k)]
+        for proc in procs:
+            proc.start()
+        parts = [out.get(timeout=600) for _ in procs]
+        for proc in procs:
+            proc.join(10)
+        return parts, sum(part.pop("cpu") for part in parts)
+
+    def merged(parts: list[Part]) -> tuple[list[tuple[float, float, str]], int, int]:
+        return ([t for part in parts for t in part["samples"]], sum(part["errors"] for part in parts),
+                sum(part["placed"] for part in parts))
+
     def closed_loop(server: Server, concurrency: int, seconds: float) -> dict[str, float]:
-        samples: list[tuple[float, float, str]] = []
-        errors, placed = [0], [0]
-        lock = threading.Lock()
-        measure_from = time.monotonic() + 0.5  # warm-up first
+        measure_from = time.monotonic() + 1.0  # the drivers' start-up, then a warm-up
         stop_at = measure_from + seconds
 
-        def worker(n: int) -> None:
-            i = n
-            while time.monotonic() < stop_at:
-                call = new_call(server.port, i)
-                i += concurrency
-                started = time.monotonic()
-                call.run_here(timeout=20)
-                t = timings(call)
-                with lock:
-                    placed[0] += 1
-                if started < measure_from:
-                    continue
-                with lock:
-                    if t is None:
-                        errors[0] += 1
-                    else:
-                        samples.append(t)
+        def share(j: int, k: int) -> Part:
+            samples: list[tuple[float, float, str]] = []
+            errors, placed = [0], [0]
+            lock = threading.Lock()
 
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(concurrency)]
+            def worker(n: int) -> None:
+                i = n
+                while time.monotonic() < stop_at:
+                    call = new_call(server.port, i)
+                    i += concurrency
+                    started = time.monotonic()
+                    call.run_here(timeout=20)
+                    t = timings(call)
+                    with lock:
+                        placed[0] += 1
+                        if started < measure_from:
+                            continue
+                        if t is None:
+                            errors[0] += 1
+                        else:
+                            samples.append(t)
+
+            threads = [threading.Thread(target=worker, args=(n,)) for n in range(j, concurrency, k)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return {"samples": samples, "errors": errors[0], "placed": placed[0]}
+
         began = time.monotonic()
         server.hub()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        parts, cpu = in_drivers(share)
         hub = server.hub()
         elapsed = min(time.monotonic(), stop_at) - max(began, measure_from)
-        return summary(samples, errors[0], elapsed, hub, placed=placed[0])
+        samples, errors, placed = merged(parts)
+        return summary(samples, errors, elapsed, hub, placed=placed, driver_cpu=cpu)
 
     def burst(server: Server, size: int, rounds: int) -> dict[str, float]:
         samples: list[tuple[float, float, str]] = []
-        errors, elapsed, hubs = 0, 0.0, []
+        errors, elapsed, hubs, cpu = 0, 0.0, [], 0.0
         for r in range(rounds):
-            calls = [new_call(server.port, r * size + i) for i in range(size)]
+            at = time.monotonic() + 1.0  # every driver's calls start at this instant
+
+            def share(j: int, k: int, r: int = r, at: float = at) -> Part:
+                calls = [new_call(server.port, r * size + i) for i in range(j, size, k)]
+                time.sleep(max(0.0, at - time.monotonic()))
+                for c in calls:
+                    c.start(timeout=30)
+                for c in calls:
+                    c.join(40)
+                ended = time.monotonic()
+                got = [timings(c) for c in calls]
+                return {"samples": [t for t in got if t is not None], "placed": len(calls),
+                        "errors": sum(1 for t in got if t is None), "ended": ended}
+
             server.hub()
-            began = time.monotonic()
-            for c in calls:
-                c.start(timeout=30)
-            results = [c.join(40) for c in calls]
-            elapsed += time.monotonic() - began
+            parts, used = in_drivers(share)
             hubs.append(server.hub())
-            for c, _res in zip(calls, results, strict=True):
-                t = timings(c)
-                if t is None:
-                    errors += 1
-                else:
-                    samples.append(t)
+            elapsed += max(part["ended"] for part in parts) - at
+            got, failed, _ = merged(parts)
+            samples += got
+            errors += failed
+            cpu += used
             time.sleep(0.5)
         hub = {"p99_ms": max(h["p99_ms"] for h in hubs), "max_ms": max(h["max_ms"] for h in hubs),
                "max_own_ms": max(h.get("max_own_ms", float("nan")) for h in hubs),
                "late_total_ms": sum(h.get("late_total_ms", 0) for h in hubs),
                "late_cpu_ms": sum(h.get("late_cpu_ms", 0) for h in hubs),
                "late_runq_ms": sum(h.get("late_runq_ms", 0) for h in hubs)}
-        return summary(samples, errors, elapsed, hub, placed=size * rounds)
+        return summary(samples, errors, elapsed, hub, placed=size * rounds, driver_cpu=cpu)
 
     def open_loop(server: Server, rate: float, duration: float, max_inflight: int) -> dict[str, float]:
-        samples: list[tuple[float, float, str]] = []
-        errors, shed = [0], [0]
-        lock = threading.Lock()
-        room = threading.BoundedSemaphore(max_inflight)
-        done = threading.Event()
+        n = int(rate * duration)
+        began = time.monotonic() + 1.0  # set-up i is due at began + i / rate, in driver i % k
 
-        def one(i: int) -> None:
-            try:
-                call = new_call(server.port, i)
-                call.run_here(timeout=20)
-                t = timings(call)
-                with lock:
-                    if t is None:
-                        errors[0] += 1
-                    else:
-                        samples.append(t)
-            finally:
-                room.release()
+        def share(j: int, k: int) -> Part:
+            samples: list[tuple[float, float, str]] = []
+            errors, shed = [0], [0]
+            lock = threading.Lock()
+            room_for = max_inflight // k + (j < max_inflight % k)
+            room = threading.BoundedSemaphore(room_for)
+
+            def one(i: int) -> None:
+                try:
+                    call = new_call(server.port, i)
+                    call.run_here(timeout=20)
+                    t = timings(call)
+                    with lock:
+                        if t is None:
+                            errors[0] += 1
+                        else:
+                            samples.append(t)
+                finally:
+                    room.release()
+
+            late = 0.0
+            for i in range(j, n, k):
+                due = began + i / rate
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                else:
+                    late = max(late, -wait)
+                if not room.acquire(blocking=False):
+                    shed[0] += 1
+                    continue
+                threading.Thread(target=one, args=(i,), daemon=True).start()
+            for _ in range(room_for):  # wait for the calls in flight
+                room.acquire(timeout=30)
+            return {"samples": samples, "errors": errors[0], "shed": shed[0], "late": late,
+                    "placed": len(range(j, n, k)) - shed[0]}
 
         server.hub()
-        began = time.monotonic()
-        n = int(rate * duration)
-        late = 0.0
-        for i in range(n):
-            due = began + i / rate
-            wait = due - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            else:
-                late = max(late, -wait)
-            if not room.acquire(blocking=False):
-                shed[0] += 1
-                continue
-            threading.Thread(target=one, args=(i,), daemon=True).start()
-        for _ in range(max_inflight):  # wait for the calls in flight
-            room.acquire(timeout=30)
-        done.set()
+        parts, cpu = in_drivers(share)
         elapsed = time.monotonic() - began
         hub = server.hub()
-        return summary(samples, errors[0], elapsed, hub, shed=shed[0], offered=n,
-                       start_lag_ms=late * 1000, placed=n - shed[0])
+        samples, errors, placed = merged(parts)
+        return summary(samples, errors, elapsed, hub, shed=sum(p["shed"] for p in parts), offered=n,
+                       start_lag_ms=max(p["late"] for p in parts) * 1000, placed=placed,
+                       driver_cpu=cpu)
 
     class StoreLoad:
         def __init__(self, url: str):
@@ -498,13 +554,13 @@ def main() -> None:
         for name, run in plan:
             load = StoreLoad(url) if url and args.store_load else None
             server.mark()
-            cpu = (cpu_seconds(server.proc.pid), time.process_time())
+            cpu = cpu_seconds(server.proc.pid)
             try:
                 out[name] = run()  # type: ignore[operator]
                 r, after = out[name], cpu_seconds(server.proc.pid)
                 per_call = 1000 / max(1, r["placed"])
-                r["srv_cpu"] = (after - cpu[0]) * per_call if after and cpu[0] else float("nan")
-                r["drv_cpu"] = (time.process_time() - cpu[1]) * per_call
+                r["srv_cpu"] = (after - cpu) * per_call if after and cpu else float("nan")
+                r["drv_cpu"] = r.pop("driver_cpu") * per_call
             finally:
                 if load is not None:
                     out[name]["store_load"] = load.stop()  # type: ignore[assignment]
@@ -578,8 +634,8 @@ def main() -> None:
                       f"hub max {r['hub_max']:.1f} vs {f['hub_max']:.1f} ms")
                 if r.get("split"):
                     print(f"    {r['split']}")
-    print("\nCPU per call placed (ms; user + system, all threads): the server process, and this "
-          "driver (the FreeSWITCH simulator, on the same CPUs)")
+    print("\nCPU per call placed (ms; user + system, all threads): the server process, and the "
+          "driver processes together (the FreeSWITCH simulator, on the same CPUs)")
     for mode in modes:
         print(f"  {mode:>18}: " + "; ".join(
             f"{name.replace('callwarden ', '')} {by_mode[mode]['srv_cpu']:.2f} / driver "
