@@ -168,6 +168,7 @@ def _split(hub: dict) -> str:  # type: ignore[type-arg]
 
 def main() -> None:
     import argparse
+    import collections
     import json
     import os
     import platform
@@ -340,6 +341,13 @@ def main() -> None:
                                       "callwarden_campaign": "renewals"})
         return TimedCall("127.0.0.1", port, profile=prof, write_gap=0.0, poll=0.005)
 
+    def failure(call: TimedCall) -> str:
+        """Why a call has no timings (for the errors column)."""
+        r = call.result
+        if r.error:
+            return r.error.split(":")[0]
+        return "timed out" if r.timed_out else f"no command after connect ({r.closed_by or '?'} closed)"
+
     def timings(call: TimedCall) -> tuple[float, float, str] | None:
         r = call.result
         if r.error or r.timed_out:
@@ -361,7 +369,9 @@ def main() -> None:
                 hub: dict[str, float], **extra: float) -> dict[str, float]:
         decided = sorted(s[0] for s in samples)
         released = sorted(s[1] for s in samples)
-        return {"calls": len(samples), "rate": len(samples) / max(elapsed, 1e-9),
+        why = ", ".join(f"{n} {reason}" for reason, n in errors_why.most_common(3))
+        errors_why.clear()
+        return {"why": why, "calls": len(samples), "rate": len(samples) / max(elapsed, 1e-9),
                 "p50": pct(decided, 0.5), "p99": pct(decided, 0.99), "rel50": pct(released, 0.5),
                 "refused": sum(1 for s in samples if "POLICY_UNAVAILABLE" in s[2]),
                 "errors": errors, "hub_p99": hub.get("p99_ms", float("nan")),
@@ -396,8 +406,12 @@ def main() -> None:
         return parts, sum(part.pop("cpu") for part in parts)
 
     def merged(parts: list[Part]) -> tuple[list[tuple[float, float, str]], int, int]:
+        for part in parts:
+            errors_why.update(part["why"])
         return ([t for part in parts for t in part["samples"]], sum(part["errors"] for part in parts),
                 sum(part["placed"] for part in parts))
+
+    errors_why: collections.Counter[str] = collections.Counter()  # of the shape being measured
 
     def closed_loop(server: Server, concurrency: int, seconds: float) -> dict[str, float]:
         measure_from = time.monotonic() + 1.0  # the drivers' start-up, then a warm-up
@@ -405,7 +419,7 @@ def main() -> None:
 
         def share(j: int, k: int) -> Part:
             samples: list[tuple[float, float, str]] = []
-            errors, placed = [0], [0]
+            errors, placed, why = [0], [0], collections.Counter()
             lock = threading.Lock()
 
             def worker(n: int) -> None:
@@ -422,6 +436,7 @@ def main() -> None:
                             continue
                         if t is None:
                             errors[0] += 1
+                            why[failure(call)] += 1
                         else:
                             samples.append(t)
 
@@ -430,7 +445,7 @@ def main() -> None:
                 t.start()
             for t in threads:
                 t.join()
-            return {"samples": samples, "errors": errors[0], "placed": placed[0]}
+            return {"samples": samples, "errors": errors[0], "placed": placed[0], "why": why}
 
         began = time.monotonic()
         server.hub()
@@ -456,7 +471,9 @@ def main() -> None:
                 ended = time.monotonic()
                 got = [timings(c) for c in calls]
                 return {"samples": [t for t in got if t is not None], "placed": len(calls),
-                        "errors": sum(1 for t in got if t is None), "ended": ended}
+                        "errors": sum(1 for t in got if t is None), "ended": ended,
+                        "why": collections.Counter(failure(c) for c, t in zip(calls, got, strict=True)
+                                                   if t is None)}
 
             server.hub()
             parts, used = in_drivers(share)
@@ -480,7 +497,7 @@ def main() -> None:
 
         def share(j: int, k: int) -> Part:
             samples: list[tuple[float, float, str]] = []
-            errors, shed = [0], [0]
+            errors, shed, why = [0], [0], collections.Counter()
             lock = threading.Lock()
             room_for = max_inflight // k + (j < max_inflight % k)
             room = threading.BoundedSemaphore(room_for)
@@ -493,6 +510,7 @@ def main() -> None:
                     with lock:
                         if t is None:
                             errors[0] += 1
+                            why[failure(call)] += 1
                         else:
                             samples.append(t)
                 finally:
@@ -512,7 +530,7 @@ def main() -> None:
                 threading.Thread(target=one, args=(i,), daemon=True).start()
             for _ in range(room_for):  # wait for the calls in flight
                 room.acquire(timeout=30)
-            return {"samples": samples, "errors": errors[0], "shed": shed[0], "late": late,
+            return {"samples": samples, "errors": errors[0], "shed": shed[0], "late": late, "why": why,
                     "placed": len(range(j, n, k)) - shed[0]}
 
         server.hub()
@@ -614,7 +632,7 @@ def main() -> None:
             refused = f"{r['refused']:.0f}" if name.startswith("callwarden full") else "-"
             extra = ""
             if r["errors"]:
-                extra += f"  ({r['errors']:.0f} errors)"
+                extra += f"  ({r['errors']:.0f} errors: {r['why']})"
             if "shed" in r:
                 extra += (f"  (offered {r['offered']:.0f}, shed {r['shed']:.0f}, "
                           f"start lag max {r['start_lag_ms']:.0f} ms)")
