@@ -644,12 +644,13 @@ def main() -> None:
         print()
     floor = results.get("callwarden floor (answer only)")
     for name, by_mode in results.items():
-        if floor and name.startswith("callwarden full"):
+        if name.startswith("callwarden full"):
             for mode, r in by_mode.items():
-                f = floor[mode]
-                print(f"{name}, {mode}: decided p50 {r['p50']:.2f} ms vs floor {f['p50']:.2f} ms "
-                      f"({r['p50'] / f['p50']:.1f}x), {r['rate']:.0f} vs {f['rate']:.0f} calls/s, "
-                      f"hub max {r['hub_max']:.1f} vs {f['hub_max']:.1f} ms")
+                f = floor[mode] if floor else None
+                print(f"{name}, {mode}: decided p50 {r['p50']:.2f} ms" + (
+                      f" vs floor {f['p50']:.2f} ms ({r['p50'] / f['p50']:.1f}x), {r['rate']:.0f} vs "
+                      f"{f['rate']:.0f} calls/s, hub max {r['hub_max']:.1f} vs {f['hub_max']:.1f} ms"
+                      if f else f", {r['rate']:.0f} calls/s, hub max {r['hub_max']:.1f} ms"))
                 if r.get("split"):
                     print(f"    {r['split']}")
     print("\nCPU per call placed (ms; user + system, all threads): the server process, and the "
