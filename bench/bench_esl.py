@@ -356,9 +356,11 @@ def main() -> None:
                  and not c.text.startswith(("event ", "filter "))]
         if not after:
             return None
-        decided = after[0].at - call.t0
-        released = next((c.at for c in after if c.text == "resume"
-                         or c.header("execute-app-name") == "hangup"), after[-1].at) - call.t0
+        # When the command's bytes arrived, not when the simulator got round to parsing it
+        # (behind the subscription commands sent in the same write, each answered first).
+        decided = after[0].arrived - call.t0
+        released = next((c.arrived for c in after if c.text == "resume"
+                         or c.header("execute-app-name") == "hangup"), after[-1].arrived) - call.t0
         reasons = r.variables_set.get("callwarden_reasons") or ""
         return decided * 1000, released * 1000, reasons
 

@@ -334,7 +334,8 @@ class Command:
     headers: Headers = field(default_factory=list)
     body: str | None = None
     raw: bytes = b""
-    at: float = 0.0
+    at: float = 0.0  # time.time() when parsed
+    arrived: float = 0.0  # time.time() when its last byte was read from the socket
 
     @property
     def name(self) -> str:
@@ -354,6 +355,9 @@ class CommandReader:
         self.sock = sock
         self.buf = bytearray()
         self.received = bytearray()
+        # Reads are lazy (only when no whole command is buffered), so the last read's time is
+        # when the command being parsed arrived, even one that shared a read with others.
+        self.read_at = 0.0
 
     def _fill(self, deadline: float | None) -> bool:
         """Read more bytes; False on timeout, EOFError when the peer closed."""
@@ -369,6 +373,7 @@ class CommandReader:
             raise EOFError(str(exc)) from exc
         if not chunk:
             raise EOFError("peer closed")
+        self.read_at = time.time()
         self.received += chunk
         self.buf += chunk
         return True
@@ -415,7 +420,7 @@ class CommandReader:
         raw = bytes(self.buf[:end + length])
         body = raw[end:].decode("utf-8", "replace") if length > 0 else None
         del self.buf[:end + length]
-        return Command(lines[0] if lines else "", headers, body, raw, time.time())
+        return Command(lines[0] if lines else "", headers, body, raw, time.time(), self.read_at)
 
 
 # --------------------------------------------------------------------------- chunking

@@ -530,6 +530,26 @@ def test_commands_replies_and_transcript(listener, tmp_path):
     assert r.apps[2].event_uuid == "11111111-2222-3333-4444-555555555555"
 
 
+def test_each_command_knows_when_its_bytes_arrived(listener):
+    """Commands that came in one write arrived together, whenever each was parsed (the bench
+    times a decision by its command's arrival, not by the simulator's turn to parse it)."""
+    call = FsCall("127.0.0.1", listener.getsockname()[1]).start(10)
+    c = Client(listener)
+    c.command("connect")
+    time.sleep(0.05)
+    c.send("myevents\n\nlinger\n\ngetvar socket_host")  # one write, three commands
+    for _ in range(3):
+        c.frame()
+    c.command("exit")
+    c.close()
+    first, *rest = call.join(5).commands
+    together = rest[:3]
+    assert [cmd.text for cmd in together] == ["myevents", "linger", "getvar socket_host"]
+    assert len({cmd.arrived for cmd in together}) == 1
+    assert first.arrived + 0.04 < together[0].arrived <= together[0].at <= together[2].at
+    assert together[2].arrived < together[2].at
+
+
 def test_without_linger_freeswitch_says_goodbye_and_closes(listener):
     call = FsCall("127.0.0.1", listener.getsockname()[1]).start(10)
     c = Client(listener)
