@@ -61,6 +61,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from proc_cpu import cpu_seconds  # noqa: E402  (bench/, beside this script)
+
 from tests.sim.asterisk import AgiCall, AgiTiming, Pbx  # noqa: E402
 
 # The audit key of the bench's throw-away stores (callwarden db upgrade would create it).
@@ -184,15 +186,6 @@ def start(target, *args) -> tuple[mp.Process, int]:  # type: ignore[no-untyped-d
     proc = ctx.Process(target=target, args=(port_out, *args), daemon=True)
     proc.start()
     return proc, port_out.get(timeout=60)
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a process, all threads (Linux /proc; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the background work (a child process on the same store) -----------------------------------

@@ -188,6 +188,8 @@ def main() -> None:
 
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root))
+    from proc_cpu import cpu_seconds  # bench/, beside this script
+
     from tests.conftest import EXAMPLE_REGISTRY, migrate, seed
     from tests.sim.freeswitch import CallProfile, FsCall
 
@@ -260,14 +262,6 @@ def main() -> None:
             "freeswitch": {"esl_outbound": {"host": "127.0.0.1", "port": 8084}, "esl_inbound": None},
         }))
         return config
-
-    def cpu_seconds(pid: int) -> float | None:
-        """User + system CPU of a process, all threads (Linux /proc; None elsewhere)."""
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def free_port() -> int:
         with socket.socket() as s:
