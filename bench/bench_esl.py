@@ -361,23 +361,23 @@ def main() -> None:
     def pct(xs: list[float], q: float) -> float:
         return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
-    def summary(samples: list[tuple[float, float, str]], errors: int, elapsed: float,
-                hub: dict[str, float], **extra: float) -> dict[str, float]:
+    def summary(samples: list[tuple[float, float, str]], failed: collections.Counter[str],
+                elapsed: float, hub: dict[str, float], **extra: float) -> dict[str, float]:
+        """One row's figures; ``failed``: why calls had no timings, with how many each."""
         decided = sorted(s[0] for s in samples)
         released = sorted(s[1] for s in samples)
-        why = ", ".join(f"{n} {reason}" for reason, n in errors_why.most_common(3))
-        errors_why.clear()
-        return {"why": why, "calls": len(samples), "rate": len(samples) / max(elapsed, 1e-9),
+        return {"calls": len(samples), "rate": len(samples) / max(elapsed, 1e-9),
                 "p50": pct(decided, 0.5), "p99": pct(decided, 0.99), "rel50": pct(released, 0.5),
                 "refused": sum(1 for s in samples if "POLICY_UNAVAILABLE" in s[2]),
-                "errors": errors, "hub_p99": hub.get("p99_ms", float("nan")),
-                "hub_max": hub.get("max_ms", float("nan")),
+                "errors": sum(failed.values()),
+                "why": ", ".join(f"{n} {reason}" for reason, n in failed.most_common(3)),
+                "hub_p99": hub.get("p99_ms", float("nan")), "hub_max": hub.get("max_ms", float("nan")),
                 "hub_own": hub.get("max_own_ms", float("nan")), "hub_split": _split(hub), **extra}
 
     # Each load shape runs split across --drivers processes (forked: the closures come along),
     # each with a share of the calls: one process with a thread per call in flight spent most of
     # its CPU on the GIL's hand-offs (strace: ~1,200 futex calls per call at 50 at once).
-    Part = dict  # what one driver process reports: samples, errors, placed, and per shape
+    Part = dict  # what one driver process reports: samples, failed, placed, and per shape
 
     def in_drivers(share: Callable[[int, int], Part]) -> tuple[list[Part], float]:
         """Run ``share(j, k)`` for j in 0..k-1, each in a driver process of its own; their
@@ -389,7 +389,12 @@ def main() -> None:
         out = ctx.Queue()
 
         def child(j: int) -> None:
-            part = share(j, k)
+            try:
+                part = share(j, k)
+            except BaseException:  # the parent must not wait for a report that never comes
+                import traceback
+
+                part = {"crashed": traceback.format_exc()}
             part["cpu"] = time.process_time()  # a forked child's counters start at zero
             out.put(part)
 
@@ -399,15 +404,16 @@ def main() -> None:
         parts = [out.get(timeout=600) for _ in procs]
         for proc in procs:
             proc.join(10)
+        for part in parts:
+            if "crashed" in part:
+                raise SystemExit(f"a driver process failed:\n{part['crashed']}")
         return parts, sum(part.pop("cpu") for part in parts)
 
-    def merged(parts: list[Part]) -> tuple[list[tuple[float, float, str]], int, int]:
-        for part in parts:
-            errors_why.update(part["why"])
-        return ([t for part in parts for t in part["samples"]], sum(part["errors"] for part in parts),
+    def merged(parts: list[Part]) -> tuple[list[tuple[float, float, str]], collections.Counter[str], int]:
+        """The drivers' samples, failures and calls placed, together."""
+        return ([t for part in parts for t in part["samples"]],
+                sum((part["failed"] for part in parts), collections.Counter()),
                 sum(part["placed"] for part in parts))
-
-    errors_why: collections.Counter[str] = collections.Counter()  # of the shape being measured
 
     def closed_loop(server: Server, concurrency: int, seconds: float) -> dict[str, float]:
         measure_from = time.monotonic() + 1.0  # the drivers' start-up, then a warm-up
@@ -415,7 +421,7 @@ def main() -> None:
 
         def share(j: int, k: int) -> Part:
             samples: list[tuple[float, float, str]] = []
-            errors, placed, why = [0], [0], collections.Counter()
+            placed, failed = [0], collections.Counter()
             lock = threading.Lock()
 
             def worker(n: int) -> None:
@@ -431,8 +437,7 @@ def main() -> None:
                         if started < measure_from:
                             continue
                         if t is None:
-                            errors[0] += 1
-                            why[failure(call)] += 1
+                            failed[failure(call)] += 1
                         else:
                             samples.append(t)
 
@@ -441,19 +446,20 @@ def main() -> None:
                 t.start()
             for t in threads:
                 t.join()
-            return {"samples": samples, "errors": errors[0], "placed": placed[0], "why": why}
+            return {"samples": samples, "failed": failed, "placed": placed[0]}
 
         began = time.monotonic()
         server.hub()
         parts, cpu = in_drivers(share)
         hub = server.hub()
         elapsed = min(time.monotonic(), stop_at) - max(began, measure_from)
-        samples, errors, placed = merged(parts)
-        return summary(samples, errors, elapsed, hub, placed=placed, driver_cpu=cpu)
+        samples, failed, placed = merged(parts)
+        return summary(samples, failed, elapsed, hub, placed=placed, driver_cpu=cpu)
 
     def burst(server: Server, size: int, rounds: int) -> dict[str, float]:
         samples: list[tuple[float, float, str]] = []
-        errors, elapsed, hubs, cpu = 0, 0.0, [], 0.0
+        failed: collections.Counter[str] = collections.Counter()
+        elapsed, hubs, cpu = 0.0, [], 0.0
         for r in range(rounds):
             at = time.monotonic() + 1.0  # every driver's calls start at this instant
 
@@ -467,17 +473,17 @@ def main() -> None:
                 ended = time.monotonic()
                 got = [timings(c) for c in calls]
                 return {"samples": [t for t in got if t is not None], "placed": len(calls),
-                        "errors": sum(1 for t in got if t is None), "ended": ended,
-                        "why": collections.Counter(failure(c) for c, t in zip(calls, got, strict=True)
-                                                   if t is None)}
+                        "failed": collections.Counter(
+                            failure(c) for c, t in zip(calls, got, strict=True) if t is None),
+                        "ended": ended}
 
             server.hub()
             parts, used = in_drivers(share)
             hubs.append(server.hub())
             elapsed += max(part["ended"] for part in parts) - at
-            got, failed, _ = merged(parts)
+            got, lost, _ = merged(parts)
             samples += got
-            errors += failed
+            failed += lost
             cpu += used
             time.sleep(0.5)
         hub = {"p99_ms": max(h["p99_ms"] for h in hubs), "max_ms": max(h["max_ms"] for h in hubs),
@@ -485,7 +491,7 @@ def main() -> None:
                "late_total_ms": sum(h.get("late_total_ms", 0) for h in hubs),
                "late_cpu_ms": sum(h.get("late_cpu_ms", 0) for h in hubs),
                "late_runq_ms": sum(h.get("late_runq_ms", 0) for h in hubs)}
-        return summary(samples, errors, elapsed, hub, placed=size * rounds, driver_cpu=cpu)
+        return summary(samples, failed, elapsed, hub, placed=size * rounds, driver_cpu=cpu)
 
     def open_loop(server: Server, rate: float, duration: float, max_inflight: int) -> dict[str, float]:
         n = int(rate * duration)
@@ -493,7 +499,7 @@ def main() -> None:
 
         def share(j: int, k: int) -> Part:
             samples: list[tuple[float, float, str]] = []
-            errors, shed, why = [0], [0], collections.Counter()
+            shed, failed = [0], collections.Counter()
             lock = threading.Lock()
             room_for = max_inflight // k + (j < max_inflight % k)
             room = threading.BoundedSemaphore(room_for)
@@ -505,8 +511,7 @@ def main() -> None:
                     t = timings(call)
                     with lock:
                         if t is None:
-                            errors[0] += 1
-                            why[failure(call)] += 1
+                            failed[failure(call)] += 1
                         else:
                             samples.append(t)
                 finally:
@@ -526,15 +531,15 @@ def main() -> None:
                 threading.Thread(target=one, args=(i,), daemon=True).start()
             for _ in range(room_for):  # wait for the calls in flight
                 room.acquire(timeout=30)
-            return {"samples": samples, "errors": errors[0], "shed": shed[0], "late": late, "why": why,
+            return {"samples": samples, "failed": failed, "shed": shed[0], "late": late,
                     "placed": len(range(j, n, k)) - shed[0]}
 
         server.hub()
         parts, cpu = in_drivers(share)
         elapsed = time.monotonic() - began
         hub = server.hub()
-        samples, errors, placed = merged(parts)
-        return summary(samples, errors, elapsed, hub, shed=sum(p["shed"] for p in parts), offered=n,
+        samples, failed, placed = merged(parts)
+        return summary(samples, failed, elapsed, hub, shed=sum(p["shed"] for p in parts), offered=n,
                        start_lag_ms=max(p["late"] for p in parts) * 1000, placed=placed,
                        driver_cpu=cpu)
 
