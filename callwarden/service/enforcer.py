@@ -384,13 +384,20 @@ class Enforcer:
         deadline passes before the writes comes back with None (nothing stored for it)."""
         observe = self.settings.mode == "observe"
         results: list[tuple[Pending, Outcome | None]] = []
-        # Core only, no ORM session on the hot path. On PostgreSQL three round trips: the begin
-        # with the head lock, the facts, the writes with the commit (hot.pipeline).
-        with self._batch_transaction() as conn:
-            with hot.pipeline(conn):
-                head = audit.lock_head(conn, VERSION_COLUMN)
-                facts = BatchFacts(conn, [p.attempt for p in batch], self.rules)
-            registry = self.registry.at_version(conn, head.also[0])  # reloads outside a pipeline
+        # Core only, no ORM session on the hot path. On PostgreSQL one pipeline (hot.pipeline)
+        # from the head lock to the commit: the begin (psycopg waits for it), the head lock and
+        # the facts together (the server runs them in order: the facts are read under the
+        # lock), then the writes with the commit and the pipeline's closing sync.
+        with self._batch_transaction() as conn, contextlib.ExitStack() as piped:
+            piped.enter_context(hot.pipeline(conn))
+            locked = audit.start_lock_head(conn, VERSION_COLUMN)
+            facts = BatchFacts(conn, [p.attempt for p in batch], self.rules)
+            head = locked()
+            registry = self.registry.cached(head.also[0])
+            if registry is None:  # the registry moved: SQLAlchemy's reads need the pipeline closed
+                piped.close()
+                registry = self.registry.at_version(conn, head.also[0])
+                piped.enter_context(hot.pipeline(conn))
             decided = []
             for p in batch:
                 d = decide(p.attempt, facts.facts(p.attempt, registry), self.rules)
@@ -425,16 +432,16 @@ class Enforcer:
                     "mode": self.settings.mode, "pbx_call_id": a.pbx_call_id,
                 }))
                 results.append((p, Outcome(p.call_id, d, let_through, relpath)))
-            with hot.pipeline(conn):  # the corrections too: no round trip of their own
-                if corrections:
-                    _correct(conn, corrections)
-                if calls:
-                    _INSERT_CALL.executemany(conn, calls)
-                if recordings:
-                    _INSERT_RECORDINGS.executemany(conn, recordings)
-                    _LINK_RECORDINGS.execute(conn, {"cids": [r["call_id"] for r in recordings]})
-                audit.extend(conn, head, entries)
-                hot.commit(conn)
+            # the corrections too: no round trip of their own
+            if corrections:
+                _correct(conn, corrections)
+            if calls:
+                _INSERT_CALL.executemany(conn, calls)
+            if recordings:
+                _INSERT_RECORDINGS.executemany(conn, recordings)
+                _LINK_RECORDINGS.execute(conn, {"cids": [r["call_id"] for r in recordings]})
+            audit.extend(conn, head, entries)
+            hot.commit(conn)
         return results
 
     def _correction_failed(self, corrections: Sequence[Correction], exc: BaseException) -> None:
@@ -555,31 +562,30 @@ class Enforcer:
         """Complete the CDR of the call the PBX reports as over; returns its call id.
 
         Every call pays this once, as it pays a decision: so it runs on the hot statements in
-        three round trips on PostgreSQL (the head's lock, the update, then the entry with the
-        commit; reading a statement's rows syncs the pipeline), not through the ORM (~5 ms of
+        three round trips on PostgreSQL (the begin; the head's lock with the update; the entry
+        with the commit and the pipeline's sync), not through the ORM (~5 ms of
         CPU a call on PostgreSQL, more than the decision). The update also returns what the
         recording's first storing attempt needs, so that attempt reads nothing itself. The
         head is locked first, as every writer does (the decision writer locks it, then
         corrects calls: the other order could deadlock)."""
         ends = fit(_CALL_WIDTHS, {"disposition": end.disposition, "hangup_cause": end.hangup_cause})
-        with self.engine.connect() as conn, conn.begin():
-            with hot.pipeline(conn):
-                head = audit.lock_head(conn)
-                rows = _END_CALL.execute(conn, {
-                    "e_pbx": end.pbx, "e_pbx_call_id": _pbx_id(end.pbx_call_id),
-                    "e_ended_at": end.ended_at, "e_answered_at": end.answered_at,
-                    "e_billsec": end.billsec, "e_disposition": ends["disposition"] or None,
-                    "e_hangup_cause": ends["hangup_cause"] or None})
+        with self.engine.connect() as conn, conn.begin(), hot.pipeline(conn):
+            locked = audit.start_lock_head(conn)
+            rows = _END_CALL.execute(conn, {  # with the lock: one round trip, run in order
+                "e_pbx": end.pbx, "e_pbx_call_id": _pbx_id(end.pbx_call_id),
+                "e_ended_at": end.ended_at, "e_answered_at": end.answered_at,
+                "e_billsec": end.billsec, "e_disposition": ends["disposition"] or None,
+                "e_hangup_cause": ends["hangup_cause"] or None})
+            head = locked()
             if not rows:
                 return None
             [returned] = rows
             recording_id, call_id = returned[0], returned[1]
-            with hot.pipeline(conn):
-                audit.extend(conn, head, [audit.NewEntry("pbx:" + end.pbx, "call_ended", call_id, {
-                    "answered_at": end.answered_at, "ended_at": end.ended_at,
-                    "billsec": end.billsec, "disposition": end.disposition,
-                    "hangup_cause": end.hangup_cause})])
-                hot.commit(conn)
+            audit.extend(conn, head, [audit.NewEntry("pbx:" + end.pbx, "call_ended", call_id, {
+                "answered_at": end.answered_at, "ended_at": end.ended_at,
+                "billsec": end.billsec, "disposition": end.disposition,
+                "hangup_cause": end.hangup_cause})])
+            hot.commit(conn)
             recorded = recording_id is not None
         log.info("call_ended", call_id=call_id, pbx=end.pbx, billsec=end.billsec,
                  disposition=end.disposition, hangup_cause=end.hangup_cause)

@@ -77,13 +77,25 @@ def lock_head(conn: Connection, *also: Any) -> Head:
     SQLite transactions are already exclusive), so that writers on several nodes append one
     after another. Creates it on a new store. ``also``: scalar subqueries read in the same
     round trip (:attr:`Head.also`)."""
-    rows = _head_with(also).execute(conn)
-    head = rows[0] if rows else None
-    if head is None:  # hot statements too: this may run inside a PostgreSQL pipeline
-        _HOT_NEW_HEAD.execute(conn, {"id": 1, "seq": 0, "hash": GENESIS})
-        extra = tuple(_also(also).execute(conn)[0]) if also else ()
-        return Head(0, GENESIS, extra)
-    return Head(head[0], head[1], tuple(head[2:]))
+    return start_lock_head(conn, *also)()
+
+
+def start_lock_head(conn: Connection, *also: Any) -> Callable[[], Head]:
+    """:func:`lock_head` in two halves: the locking read is sent now, the :class:`Head` is
+    read when the returned function is called. In a PostgreSQL pipeline, reads sent in
+    between run after the lock is granted (a session runs its statements in order) and come
+    back in the same round trip as the head."""
+    rows = _head_with(also).start(conn)
+
+    def head() -> Head:
+        got = rows()
+        if not got:  # hot statements too: this may run inside a PostgreSQL pipeline
+            _HOT_NEW_HEAD.execute(conn, {"id": 1, "seq": 0, "hash": GENESIS})
+            extra = tuple(_also(also).execute(conn)[0]) if also else ()
+            return Head(0, GENESIS, extra)
+        first = got[0]
+        return Head(first[0], first[1], tuple(first[2:]))
+    return head
 
 
 def extend(conn: Connection, head: Head, entries: list[NewEntry]) -> list[str]:

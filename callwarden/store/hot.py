@@ -108,15 +108,27 @@ class HotStatement:
 
     def execute(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[tuple]:
         """Run once; the rows (result types applied) of a statement that returns rows, else []."""
+        return self.start(conn, params)()
+
+    def start(self, conn: Connection,
+              params: Mapping[str, Any] | None = None) -> Callable[[], list[tuple]]:
+        """Send the statement now; its rows (as :meth:`execute` returns them) when the returned
+        function is called. Inside :func:`pipeline` the statement does not wait for the server:
+        statements started one after another, then read, take one round trip together (the
+        server still runs them in order). Elsewhere it has already run when this returns."""
         values = self._values(params or {})
         sql, slots = self._plan(values)
         bound = self._bind(slots, values)
-        rows = self._run(conn, sql, bound, many=False)
-        if not self._results:
-            return rows
-        procs = self._results
-        return [tuple(p(v) if p is not None else v for p, v in zip(procs, row, strict=True))
-                for row in rows]
+        cursor = self._send(conn, sql, bound, many=False)
+
+        def rows() -> list[tuple]:
+            got = self._fetch(conn, cursor, sql, bound)
+            if not self._results:
+                return got
+            procs = self._results
+            return [tuple(p(v) if p is not None else v for p, v in zip(procs, row, strict=True))
+                    for row in got]
+        return rows
 
     def executemany(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
         """Run once per row (the driver's executemany: one prepared statement, and on
@@ -128,21 +140,40 @@ class HotStatement:
         self._run(conn, sql, [self._bind(slots, v) for v in batch], many=True)
 
     def _run(self, conn: Connection, sql: str, bound: Any, *, many: bool) -> list[tuple]:
+        return self._fetch(conn, self._send(conn, sql, bound, many=many), sql, bound)
+
+    def _send(self, conn: Connection, sql: str, bound: Any, *, many: bool) -> Any:
+        """The driver's cursor, with the statement executed (queued, in a pipeline)."""
         fairy = conn.connection  # the pooled DB-API connection of this transaction
         dbapi_conn = fairy.dbapi_connection
         cursor = dbapi_conn.cursor()  # type: ignore[union-attr]
         try:
             if many:
                 cursor.executemany(sql, bound)
-                return []
-            cursor.execute(sql, bound)
-            # Only a SELECT is asked for its rows: in a pipeline that waits for the server.
+            else:
+                cursor.execute(sql, bound)
+        except BaseException as exc:
+            error = (_wrapped(conn, exc, sql, bound, cursor)
+                     if isinstance(exc, self._dialect.loaded_dbapi.Error) else None)
+            self._close(cursor)
+            if error is not None:
+                raise error from exc
+            raise
+        return cursor
+
+    def _fetch(self, conn: Connection, cursor: Any, sql: str, bound: Any) -> list[tuple]:
+        """The rows of a statement :meth:`_send` ran (only a SELECT is asked for them: in a
+        pipeline that waits for the server), then the cursor is closed."""
+        try:
             return cursor.fetchall() if self._returns_rows else []
         except self._dialect.loaded_dbapi.Error as exc:
             raise _wrapped(conn, exc, sql, bound, cursor) from exc
         finally:
-            with contextlib.suppress(self._dialect.loaded_dbapi.Error):
-                cursor.close()
+            self._close(cursor)
+
+    def _close(self, cursor: Any) -> None:
+        with contextlib.suppress(self._dialect.loaded_dbapi.Error):
+            cursor.close()
 
 
 def _wrapped(conn: Connection, exc: Exception, sql: str | None, bound: Any,
@@ -185,14 +216,23 @@ def _pipeline_supported() -> bool:
 
 
 def commit(conn: Connection) -> None:
-    """Inside :func:`pipeline` on PostgreSQL: queue the COMMIT behind the writes (the same
-    round trip); SQLAlchemy's own commit that follows then has nothing left to do. Elsewhere
-    nothing: the transaction commits as usual when its ``begin()`` block ends."""
+    """Inside :func:`pipeline` on PostgreSQL: queue the COMMIT behind the writes, without a
+    sync of its own; the pipeline's closing sync sends it and waits for it (one round trip
+    for the writes, the commit and the sync; a failed commit is raised there). SQLAlchemy's
+    own commit that follows then finds the transaction closed and has nothing to do.
+    Outside a pipeline, the driver's commit. Elsewhere (SQLite) nothing: the transaction
+    commits as usual when its ``begin()`` block ends."""
     if conn.dialect.name != "postgresql":
         return
+    dbapi_conn = conn.connection.dbapi_connection
+    error = conn.dialect.loaded_dbapi.Error
     try:
-        conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
-    except conn.dialect.loaded_dbapi.Error as exc:
+        if dbapi_conn.pgconn.pipeline_status:  # type: ignore[union-attr]
+            with dbapi_conn.cursor() as cursor:  # type: ignore[union-attr]
+                cursor.execute("COMMIT", prepare=False)
+        else:
+            dbapi_conn.commit()  # type: ignore[union-attr]
+    except error as exc:
         raise _wrapped(conn, exc, "COMMIT", None) from exc
 
 
@@ -213,7 +253,12 @@ class HotStatements:
         return hot
 
     def execute(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[tuple]:
-        return self.on(conn, tuple(params) if self._statement.is_dml else None).execute(conn, params)
+        return self.start(conn, params)()
+
+    def start(self, conn: Connection,
+              params: Mapping[str, Any] | None = None) -> Callable[[], list[tuple]]:
+        """:meth:`HotStatement.start`: sent now, rows read later."""
+        return self.on(conn, tuple(params) if self._statement.is_dml else None).start(conn, params)
 
     def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:

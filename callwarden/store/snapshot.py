@@ -106,6 +106,12 @@ class SnapshotCache:
         """The snapshot for the store's version now, read in ``conn``'s transaction."""
         return self.at_version(conn, conn.execute(VERSION).scalar_one_or_none())
 
+    def cached(self, version: int | None) -> RegistrySnapshot | None:
+        """The snapshot already held for ``version``, or None when it must be (re)loaded
+        (:meth:`at_version`); reads nothing from the store."""
+        snap = self._snapshot
+        return snap if version is not None and snap is not None and snap.version == version else None
+
     def at_version(self, conn: Connection, version: int | None) -> RegistrySnapshot:
         """The snapshot for ``version``, already read in ``conn``'s transaction (with
         :data:`VERSION_COLUMN`); rebuilt from ``conn`` if the cached one is older."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import time
 
 import pytest
@@ -433,3 +434,65 @@ def test_a_second_end_keeps_what_the_first_gave_and_the_newest_call_with_the_id_
         assert entries[0].actor == "pbx:asterisk" and '"billsec":113' in entries[0].details
         assert verify_chain(s) == []
     e.engine.dispose()
+
+
+def _waits(trace: str) -> int:
+    """How many times the client waited for the server in a libpq trace: each run of lines it
+    sent (F) followed by lines it received (B)."""
+    sides = [line.split("\t", 1)[0] for line in trace.splitlines() if line[:2] in ("F\t", "B\t")]
+    return sum(1 for sent, got in itertools.pairwise(sides) if (sent, got) == ("F", "B"))
+
+
+def test_decision_and_call_end_wait_for_postgresql_three_times_each(enforcer, tmp_path):
+    """PostgreSQL (libpq's protocol trace): a decision batch waits for the server three times
+    (the begin, which psycopg syncs; the head's lock with the facts, run after it in order;
+    the writes with the COMMIT and the pipeline's sync), and so does a call's end (the begin;
+    the lock with the CDR's update; the audit entry with the commit). Each wait is a round
+    trip, and all but the first are made holding the audit head's lock that every node's
+    decisions take in turn. The outcome is the same: stored, committed, the chain intact."""
+    if enforcer.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no round trips")
+    import threading
+
+    from psycopg import pq
+    from sqlalchemy import event
+
+    def traced(work) -> int:  # type: ignore[no-untyped-def]
+        """The waits of every connection checked out while ``work`` runs, until checked in."""
+        back = threading.Event()
+        with open(tmp_path / "trace", "w+") as out:
+            def checkout(dbapi_conn, record, proxy) -> None:  # type: ignore[no-untyped-def]
+                dbapi_conn.pgconn.trace(out.fileno())
+                dbapi_conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+
+            def checkin(dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
+                dbapi_conn.pgconn.untrace()
+                back.set()
+
+            event.listen(enforcer.engine, "checkout", checkout)
+            event.listen(enforcer.engine, "checkin", checkin)
+            try:
+                work()
+                assert back.wait(10)  # the decision writer keeps its connection for a pause
+            finally:
+                event.remove(enforcer.engine, "checkout", checkout)
+                event.remove(enforcer.engine, "checkin", checkin)
+            out.seek(0)
+            return _waits(out.read())
+
+    def writer_idle() -> None:
+        deadline = time.monotonic() + 10
+        while enforcer._writer_conn is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    enforcer.decide(attempt(callee="13800138001"))  # prepared statements, the registry loaded
+    writer_idle()
+    decided = []
+    assert traced(lambda: decided.append(enforcer.decide(attempt(pbx_call_id="traced.1")))) == 3
+    assert decided[0].decision.allowed
+    end = at("2026-03-02 10:01")
+    assert traced(lambda: enforcer.call_ended(CallEnd("asterisk", "traced.1", end))) == 3
+    with enforcer.sessions() as s:
+        call = s.get(Call, decided[0].call_id)
+        assert call.decision == "allow" and call.ended_at == end and call.recording_id is not None
+        assert verify_chain(s) == []

@@ -147,3 +147,21 @@ def test_a_pipeline_commits_its_writes_together_and_fails_them_together(
         hot_mod.commit(conn)
     with engine.connect() as other:
         assert sorted(other.execute(select(Call.call_id)).scalars()) == ["p1", "p2"]
+
+
+def test_statements_started_together_are_read_in_any_order(engine) -> None:
+    """``start`` sends a statement and reads its rows later: two reads started one after the
+    other inside a pipeline (PostgreSQL: one round trip for both) each get their own rows,
+    whichever is read first, and the second sees what the first locked and read."""
+    from callwarden.store import hot as hot_mod
+
+    with engine.begin() as conn:
+        HotStatements(insert(Call)).executemany(conn, [_row("s1", "1", T0), _row("s2", "2", T0)])
+    first = HotStatements(select(Call.call_id).where(Call.call_id == bindparam("cid"))
+                          .with_for_update())
+    second = HotStatements(select(Call.call_id, Call.attempted_at).order_by(Call.call_id))
+    with engine.begin() as conn, hot_mod.pipeline(conn):
+        locked = first.start(conn, {"cid": "s2"})
+        everything = second.start(conn)
+        assert everything() == [("s1", T0), ("s2", T0)]
+        assert locked() == [("s2",)]
