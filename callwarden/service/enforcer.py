@@ -385,11 +385,11 @@ class Enforcer:
         observe = self.settings.mode == "observe"
         results: list[tuple[Pending, Outcome | None]] = []
         # Core only, no ORM session on the hot path. On PostgreSQL one pipeline (hot.pipeline)
-        # from the head lock to the commit: the begin (psycopg waits for it), the head lock and
-        # the facts together (the server runs them in order: the facts are read under the
-        # lock), then the writes with the commit and the pipeline's closing sync.
+        # and two round trips: the begin, the head lock and the facts together (the server runs
+        # them in order: the facts are read under the lock), then the writes with the commit.
         with self._batch_transaction() as conn, contextlib.ExitStack() as piped:
             piped.enter_context(hot.pipeline(conn))
+            hot.begin(conn)
             locked = audit.start_lock_head(conn, VERSION_COLUMN)
             facts = BatchFacts(conn, [p.attempt for p in batch], self.rules)
             head = locked()
@@ -462,6 +462,7 @@ class Enforcer:
         if conn is None or conn.closed or conn.invalidated:
             self._writer_pool = self.engine.pool
             conn = self._writer_conn = self.engine.connect()
+            hot.explicit_transactions(conn)  # its BEGIN goes in the pipeline (hot.begin)
         try:
             with conn.begin():
                 yield conn

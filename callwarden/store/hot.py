@@ -215,6 +215,32 @@ def _pipeline_supported() -> bool:
     return bool(psycopg.Pipeline.is_supported())
 
 
+def explicit_transactions(conn: Connection) -> None:
+    """PostgreSQL with pipelines: let :func:`begin` queue a transaction's BEGIN in the
+    pipeline with what follows. psycopg's own BEGIN waits for the server (a round trip of
+    its own), so the connection goes into autocommit and the transaction is opened and
+    closed by statements (:func:`begin`, :func:`commit`); a transaction left open is rolled
+    back as usual (the driver's rollback sees it). SQLAlchemy sets the connection back to
+    its isolation level when it returns to the pool. Elsewhere nothing changes."""
+    if conn.dialect.name == "postgresql" and _pipeline_supported():
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def begin(conn: Connection) -> None:
+    """Open the transaction on a connection given :func:`explicit_transactions`: queued,
+    inside :func:`pipeline`. Elsewhere nothing: the driver opens it with the first statement."""
+    if conn.dialect.name != "postgresql":
+        return
+    dbapi_conn = conn.connection.dbapi_connection
+    if not dbapi_conn.autocommit:  # type: ignore[union-attr]
+        return
+    try:
+        with dbapi_conn.cursor() as cursor:  # type: ignore[union-attr]
+            cursor.execute("BEGIN", prepare=False)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(conn, exc, "BEGIN", None) from exc
+
+
 def commit(conn: Connection) -> None:
     """Inside :func:`pipeline` on PostgreSQL: queue the COMMIT behind the writes, without a
     sync of its own; the pipeline's closing sync sends it and waits for it (one round trip

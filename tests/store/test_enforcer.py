@@ -443,13 +443,13 @@ def _waits(trace: str) -> int:
     return sum(1 for sent, got in itertools.pairwise(sides) if (sent, got) == ("F", "B"))
 
 
-def test_decision_and_call_end_wait_for_postgresql_three_times_each(enforcer, tmp_path):
-    """PostgreSQL (libpq's protocol trace): a decision batch waits for the server three times
-    (the begin, which psycopg syncs; the head's lock with the facts, run after it in order;
-    the writes with the COMMIT and the pipeline's sync), and so does a call's end (the begin;
-    the lock with the CDR's update; the audit entry with the commit). Each wait is a round
-    trip, and all but the first are made holding the audit head's lock that every node's
-    decisions take in turn. The outcome is the same: stored, committed, the chain intact."""
+def test_decision_and_call_end_wait_for_postgresql_two_and_three_times(enforcer, tmp_path):
+    """PostgreSQL (libpq's protocol trace): a decision batch waits for the server twice (the
+    begin, the head's lock and the facts, run in that order; then the writes with the COMMIT
+    and the pipeline's sync), a call's end three times (the begin, which psycopg syncs; the
+    lock with the CDR's update; the audit entry with the commit). Each wait is a round trip,
+    made holding the audit head's lock that every node's decisions take in turn, but for the
+    call end's begin. The outcome is the same: stored, committed, the chain intact."""
     if enforcer.engine.dialect.name != "postgresql":
         pytest.skip("SQLite has no round trips")
     import threading
@@ -488,7 +488,7 @@ def test_decision_and_call_end_wait_for_postgresql_three_times_each(enforcer, tm
     enforcer.decide(attempt(callee="13800138001"))  # prepared statements, the registry loaded
     writer_idle()
     decided = []
-    assert traced(lambda: decided.append(enforcer.decide(attempt(pbx_call_id="traced.1")))) == 3
+    assert traced(lambda: decided.append(enforcer.decide(attempt(pbx_call_id="traced.1")))) == 2
     assert decided[0].decision.allowed
     end = at("2026-03-02 10:01")
     assert traced(lambda: enforcer.call_ended(CallEnd("asterisk", "traced.1", end))) == 3
@@ -496,3 +496,35 @@ def test_decision_and_call_end_wait_for_postgresql_three_times_each(enforcer, tm
         call = s.get(Call, decided[0].call_id)
         assert call.decision == "allow" and call.ended_at == end and call.recording_id is not None
         assert verify_chain(s) == []
+
+
+def test_a_batch_that_fails_after_its_begin_leaves_no_transaction_open(enforcer, monkeypatch):
+    """The writer opens its transaction itself on PostgreSQL (BEGIN queued in the pipeline):
+    a batch that fails after it must not leave the connection in a transaction holding the
+    audit head's lock, which every node's decisions wait for. Fail closed, then decide again."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    import callwarden.service.enforcer as mod
+
+    class Broken(mod.BatchFacts):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)  # the BEGIN and the head's lock are on their way
+            raise OperationalError("SELECT", {}, Exception("connection trouble"))
+
+    enforcer.decide(attempt(callee="13800138001"))
+    with monkeypatch.context() as m:
+        m.setattr(mod, "BatchFacts", Broken)
+        assert enforcer.decide(attempt(pbx_call_id="broken.1")).decision.codes == ("POLICY_UNAVAILABLE",)
+    if enforcer.engine.dialect.name == "postgresql":
+        with enforcer.engine.connect() as other:
+            other.execute(text("SET lock_timeout = '1s'"))
+            other.execute(text("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")).all()
+            other.rollback()
+            assert other.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state LIKE 'idle in transaction%'")).scalar_one() == 0
+    out = enforcer.decide(attempt(pbx_call_id="after.1"))
+    assert out.decision.allowed
+    with enforcer.sessions() as s:
+        assert s.get(Call, out.call_id) is not None and verify_chain(s) == []
