@@ -28,6 +28,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from callwarden.audit.pseudonym import has_clear_numbers
+from callwarden.audit.snapshot import snapshot
 from callwarden.config import Settings
 from callwarden.log import get_logger
 from callwarden.recorder import DecryptionError, LocationNotFound, hash_location
@@ -143,6 +145,27 @@ class Verifier:
         self.report.findings.append(finding)
         return finding
 
+    def _reading(self) -> AbstractContextManager[Session]:
+        """A read-only session over one snapshot of the store (``audit.snapshot``): on SQLite
+        it never takes the write lock that call decisions wait for (the store's own sessions
+        begin ``IMMEDIATE``), on PostgreSQL every statement in it sees the same data."""
+        return snapshot(self.sessions.kw["bind"])
+
+    def _audit_entry(self, call_id: str, action: str) -> dict[str, Any] | None:
+        """The latest ``action`` entry about ``call_id`` as the store has it now: a recording
+        finalized or purged while :meth:`_recording_audit` was reading is not unaudited (its
+        row and its entry commit together, so the row seen means the entry is there)."""
+        with self._reading() as s:
+            details = s.scalars(select(AuditEntry.details)
+                                .where(AuditEntry.action == action, AuditEntry.subject == call_id)
+                                .order_by(AuditEntry.seq.desc()).limit(1)).first()
+        if details is None:
+            return None
+        try:
+            return json.loads(details)
+        except ValueError:
+            return {}
+
     # -- fixes that run first (so the checks below see the result) -----------------------------
 
     def _fix_left_behind(self) -> None:
@@ -174,7 +197,9 @@ class Verifier:
             if has_clear_numbers(e.action, e.subject, e.details):
                 clear[:] = [clear[0] if clear else e.seq, e.seq, (clear[2] if clear else 0) + 1]
 
-        with self.sessions() as s:
+        # One snapshot for the entries and the head: on a live store decisions go on adding
+        # entries while the walk runs, and must neither wait for it nor look like a break.
+        with self._reading() as s:
             for p in audit.verify_chain(s, inspect=numbers_in_clear):
                 self._add("audit_chain_broken", "error", f"audit:{p.seq}", p.problem)
             head = s.get(AuditHead, 1)
@@ -193,7 +218,7 @@ class Verifier:
         q = (select(AuditEntry.subject, AuditEntry.action, AuditEntry.details)
              .where(AuditEntry.action.in_(("recording_stored", "recording_purged")))
              .order_by(AuditEntry.seq).execution_options(yield_per=_BATCH))
-        with self.sessions() as s:
+        with self._reading() as s:
             for subject, action, details in s.execute(q):
                 if action == "recording_purged":
                     purged.add(subject)
@@ -214,7 +239,7 @@ class Verifier:
              .join(Call, Call.call_id == Recording.call_id).order_by(Recording.id))
         last = 0
         while True:
-            with self.sessions() as s:  # short reads: no snapshot held while files are hashed
+            with self._reading() as s:  # short reads: no snapshot held while files are hashed
                 batch = [_Rec(*r) for r in s.execute(q.where(Recording.id > last).limit(_BATCH))]
             if not batch:
                 return
@@ -236,7 +261,7 @@ class Verifier:
         if rec.retain_until is None:
             self._add("recording_no_deadline", "error", rec.call_id,
                       "stored recording has no retention deadline")
-        entry = stored_audit.get(rec.call_id)
+        entry = stored_audit.get(rec.call_id) or self._audit_entry(rec.call_id, "recording_stored")
         if entry is None:
             self._add("recording_unaudited", "error", rec.call_id,
                       "stored recording has no recording_stored audit entry")
@@ -310,14 +335,14 @@ class Verifier:
                   f"{(rec.error or 'no reason recorded')[:300]}{retry}")
 
     def _check_purged(self, rec: _Rec, _: dict[str, dict[str, Any]], purged_audit: set[str]) -> None:
-        if rec.call_id not in purged_audit:
+        if rec.call_id not in purged_audit and self._audit_entry(rec.call_id, "recording_purged") is None:
             self._add("purged_unaudited", "error", rec.call_id,
                       "recording is marked purged but no recording_purged audit entry exists")
 
     def _cdrs_without_recording_row(self) -> None:
         q = (select(Call.call_id).outerjoin(Recording, Recording.id == Call.recording_id)
              .where(Call.recording_id.is_not(None), Recording.id.is_(None)))
-        with self.sessions() as s:
+        with self._reading() as s:
             for call_id in s.scalars(q):
                 self._add("cdr_recording_row_missing", "error", call_id,
                           "CDR points at a recording row that does not exist")
@@ -329,7 +354,7 @@ class Verifier:
         found: dict[str, _Rec] = {}
         ids = sorted(call_ids)
         for i in range(0, len(ids), _BATCH):
-            with self.sessions() as s:
+            with self._reading() as s:
                 for r in s.execute(select(
                         Recording.id, Recording.call_id, Recording.status, Recording.location,
                         Recording.sha256, Recording.size, Recording.spool_path,

@@ -235,3 +235,50 @@ def test_finalizing_claim_in_progress_is_not_reported(site):
     time.sleep(0.01)
     code, out = site.cli_json("verify")
     assert code == 0, out
+
+
+def test_decisions_go_on_while_verify_walks_the_chain(site, monkeypatch):
+    """`callwarden verify` on a live store: a call decided while it walks the audit chain is
+    decided in time (SQLite: the walk must not hold the store's write lock), and the entries
+    that call adds after the walk began are not reported as a broken chain (PostgreSQL: the
+    walk and the head must be read in one snapshot, not as the head stood after the walk)."""
+    import callwarden.service.verify as verify_mod
+    from callwarden.policy import CallAttempt
+
+    site.stored_call(ended=NOW)
+    decided = []
+    seen = verify_mod.has_clear_numbers
+
+    def during_the_walk(*args):  # type: ignore[no-untyped-def]
+        if not decided:
+            decided.append(site.enforcer.decide(CallAttempt(
+                tenant="acme", caller="95512", callee="13800138000", at=NOW, trunk="ct-trunk-1",
+                pbx="asterisk", pbx_call_id="live.1")))
+        return seen(*args)
+
+    monkeypatch.setattr(verify_mod, "has_clear_numbers", during_the_walk)
+    code, out = site.cli_json("verify")
+    assert decided and decided[0].decision.codes != ("POLICY_UNAVAILABLE",)
+    assert kinds(out).get("audit_chain_broken") is None, out["findings"]
+    assert code == 0
+    monkeypatch.undo()
+    code, out = site.cli_json("verify")  # and the next walk counts that call's entries
+    assert code == 0 and out["ok"]
+
+
+def test_a_recording_finalized_after_the_audit_scan_is_not_unaudited(site, monkeypatch):
+    """verify reads the recording_stored / recording_purged entries first and the rows after:
+    a recording finalized (or purged) in between has its entry, committed with its row, and
+    must not be reported as unaudited; one that really has none still is."""
+    from callwarden.service.verify import Verifier
+
+    stored = site.stored_call(ended=NOW)
+    monkeypatch.setattr(Verifier, "_recording_audit", lambda self: ({}, set()))  # an early scan
+    code, out = site.cli_json("verify")
+    assert code == 0 and out["ok"], out["findings"]
+    with unit_of_work(site.sessions) as s:
+        _drop_guard(s)
+        s.execute(text("DELETE FROM audit_log WHERE action = 'recording_stored' AND subject = :c"),
+                  {"c": stored})
+    code, out = site.cli_json("verify")
+    assert [f["subject"] for f in kinds(out)["recording_unaudited"]] == [stored]
