@@ -159,12 +159,7 @@ class Verifier:
             details = s.scalars(select(AuditEntry.details)
                                 .where(AuditEntry.action == action, AuditEntry.subject == call_id)
                                 .order_by(AuditEntry.seq.desc()).limit(1)).first()
-        if details is None:
-            return None
-        try:
-            return json.loads(details)
-        except ValueError:
-            return {}
+        return None if details is None else _details(details)
 
     # -- fixes that run first (so the checks below see the result) -----------------------------
 
@@ -223,10 +218,7 @@ class Verifier:
                 if action == "recording_purged":
                     purged.add(subject)
                 else:
-                    try:
-                        stored[subject] = json.loads(details)
-                    except ValueError:
-                        stored[subject] = {}
+                    stored[subject] = _details(details)
         return stored, purged
 
     # -- recording rows -----------------------------------------------------------------------
@@ -261,7 +253,9 @@ class Verifier:
         if rec.retain_until is None:
             self._add("recording_no_deadline", "error", rec.call_id,
                       "stored recording has no retention deadline")
-        entry = stored_audit.get(rec.call_id) or self._audit_entry(rec.call_id, "recording_stored")
+        entry = stored_audit.get(rec.call_id)
+        if entry is None:  # finalized after the audit scan? its entry is there now
+            entry = self._audit_entry(rec.call_id, "recording_stored")
         if entry is None:
             self._add("recording_unaudited", "error", rec.call_id,
                       "stored recording has no recording_stored audit entry")
@@ -438,3 +432,11 @@ def _same_file(spool_path: str | None, path: Path) -> bool:
     if not spool_path:
         return False
     return Path(spool_path) == path or Path(spool_path).resolve() == path.resolve()
+
+
+def _details(text: str) -> dict[str, Any]:
+    """An audit entry's details; {} when they are not JSON (they then match nothing)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {}

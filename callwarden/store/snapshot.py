@@ -117,12 +117,12 @@ class SnapshotCache:
         :data:`VERSION_COLUMN`); rebuilt from ``conn`` if the cached one is older."""
         if version is None:  # a store without migration 0006's row: never cache
             return load_snapshot(conn, -1)
-        snap = self._snapshot
-        if snap is not None and snap.version == version:
+        snap = self.cached(version)
+        if snap is not None:
             return snap
         with self._lock:
-            snap = self._snapshot
-            if snap is None or snap.version != version:
+            snap = self.cached(version)
+            if snap is None:
                 snap = load_snapshot(conn, version)
                 self._snapshot = snap
                 self.loads += 1
