@@ -64,7 +64,7 @@ def serve_floor(kind: str, port: int) -> None:
     from callwarden.esl.outbound import OutboundServer
 
     cwlog.configure("json", "info")  # stderr: the log file the bench reads the probe from
-    report_on_signal(HubProbe().start(), signal.SIGUSR2)
+    report_on_signal(HubProbe().start().watch_store(), signal.SIGUSR2)
 
     class StockAnswer:  # greenswitch's application contract: connect() already done
         def __init__(self, session):
@@ -158,12 +158,15 @@ def store_load(url: str, at_iso: str, every: float = 0.0) -> None:
 
 
 def _split(hub: dict) -> str:  # type: ignore[type-arg]
+    # Store connections checked out on the hub's thread: must be none (HubProbe.watch_store).
+    on_hub = f", STORE ON THE HUB x{n}" if (n := hub.get("store_on_hub")) else ""
     total = hub.get("late_total_ms") or 0.0
     if not total:
-        return "-"
+        return "-" + on_hub
     cpu, runq = hub.get("late_cpu_ms", 0.0), hub.get("late_runq_ms", 0.0)
     wait = max(0.0, total - cpu - runq)
-    return f"{100 * cpu / total:.0f}/{100 * runq / total:.0f}/{100 * wait / total:.0f}% of {total:.0f} ms"
+    return (f"{100 * cpu / total:.0f}/{100 * runq / total:.0f}/{100 * wait / total:.0f}% of "
+            f"{total:.0f} ms{on_hub}")
 
 
 def main() -> None:
@@ -490,7 +493,8 @@ def main() -> None:
                "max_own_ms": max(h.get("max_own_ms", float("nan")) for h in hubs),
                "late_total_ms": sum(h.get("late_total_ms", 0) for h in hubs),
                "late_cpu_ms": sum(h.get("late_cpu_ms", 0) for h in hubs),
-               "late_runq_ms": sum(h.get("late_runq_ms", 0) for h in hubs)}
+               "late_runq_ms": sum(h.get("late_runq_ms", 0) for h in hubs),
+               "store_on_hub": sum(h.get("store_on_hub", 0) for h in hubs)}
         return summary(samples, failed, elapsed, hub, placed=size * rounds, driver_cpu=cpu)
 
     def open_loop(server: Server, rate: float, duration: float, max_inflight: int) -> dict[str, float]:

@@ -3,18 +3,23 @@ records by how much each wake-up came late.
 
 Everything the FreeSWITCH process does for its calls runs on one hub; anything that holds it
 (store work done on the hub instead of in a native thread, a long parse, a native thread
-keeping the GIL) makes every call wait, and shows here as a late wake-up. Used by
-``bench/bench_esl.py`` and the burst test through ``tests.esl.harness --hub-probe``.
+keeping the GIL) makes every call wait, and shows here as a late wake-up. How late depends on
+the machine; whether the store is used on the hub does not, so :meth:`HubProbe.watch_store`
+counts that exactly. Used by ``bench/bench_esl.py`` and the burst test through
+``tests.esl.harness --hub-probe``.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from array import array
 from dataclasses import dataclass
 
 import gevent
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,8 @@ class ProbeStats:
     max_own_ms: float = 0.0
     stalls_own: int = 0
     max_own_cpu_ms: float = 0.0  # of which on the CPU (the rest: waiting off the CPU)
+    #: Store connections checked out on the hub's thread (:meth:`HubProbe.watch_store`): 0.
+    store_on_hub: int = 0
 
     @property
     def late_waiting_ms(self) -> float:
@@ -48,7 +55,7 @@ class ProbeStats:
                 "late_total_ms": self.late_total_ms, "late_cpu_ms": self.late_cpu_ms,
                 "late_runq_ms": self.late_runq_ms, "late_waiting_ms": self.late_waiting_ms,
                 "max_own_ms": self.max_own_ms, "stalls_own": self.stalls_own,
-                "max_own_cpu_ms": self.max_own_cpu_ms}
+                "max_own_cpu_ms": self.max_own_cpu_ms, "store_on_hub": self.store_on_hub}
 
 
 class HubProbe:
@@ -63,10 +70,27 @@ class HubProbe:
         self._cpu_ms = array("d")  # this thread's CPU time during each interval
         self._runq_ms = array("d")  # and its time runnable, waiting for a CPU
         self._greenlet: gevent.Greenlet | None = None
+        self._hub_thread: int | None = None
+        self._store_on_hub = 0
 
     def start(self) -> HubProbe:
+        """Start probing; call it on the hub's thread (the process's main thread)."""
+        self._hub_thread = threading.get_ident()
         self._greenlet = gevent.spawn(self._run)
         return self
+
+    def watch_store(self) -> HubProbe:
+        """Also count the store connections checked out on the hub's thread, from any engine of
+        this process (every store operation checks one out of its pool). The FreeSWITCH process
+        must do all store work in native threads, so the count must stay 0. It needs the
+        process's ``threading`` unpatched (``callwarden.esl.process`` leaves it so), where
+        ``get_ident`` names the OS thread, not the greenlet."""
+        event.listen(Pool, "checkout", self._checked_out)
+        return self
+
+    def _checked_out(self, *_: object) -> None:
+        if threading.get_ident() == self._hub_thread:
+            self._store_on_hub += 1
 
     def stop(self) -> None:
         if self._greenlet is not None:
@@ -104,8 +128,9 @@ class HubProbe:
         """The figures since the previous take (or start), and start over."""
         samples, cpu_ms, runq_ms = self._late_ms, self._cpu_ms, self._runq_ms
         self._late_ms, self._cpu_ms, self._runq_ms = array("d"), array("d"), array("d")
+        store_on_hub, self._store_on_hub = self._store_on_hub, 0
         if not samples:
-            return ProbeStats(0, 0.0, 0.0, 0.0, 0, self.stall_ms)
+            return ProbeStats(0, 0.0, 0.0, 0.0, 0, self.stall_ms, store_on_hub=store_on_hub)
         late = sorted(samples)
         n = len(late)
 
@@ -121,7 +146,7 @@ class HubProbe:
                           round(sum(cpu_ms[i] for i in very), 1),
                           round(sum(runq_ms[i] for i in very), 1),
                           round(max(0.0, own[worst]), 3), sum(1 for x in own if x > self.stall_ms),
-                          round(cpu_ms[worst], 3))
+                          round(cpu_ms[worst], 3), store_on_hub)
 
 
 def report_on_signal(probe: HubProbe, signum: int) -> None:

@@ -3,8 +3,13 @@
 Real TCP from the Asterisk simulator to the served adapter, on both backends. The detector
 pass (another tenant's telemarketing in the store, so it raises alerts and suspends that
 tenant) writes to the same store while the burst is decided. Every call must get a decision
-of its own: none may be denied POLICY_UNAVAILABLE (the deadline, fail closed). The decision
-deadline is the product default (500 ms); nothing here is a timing assert.
+of its own: none may be denied POLICY_UNAVAILABLE (the deadline, fail closed).
+
+The decision deadline is generous (the tests' 5 s): here the simulator, the adapter and the
+burst share one event loop, and with the detector and PostgreSQL on the same 2 CPUs a slow
+minute of a shared CI machine can take 100 calls past the product's 500 ms. That is speed,
+which ``bench/bench_agi.py --burst 200 --background`` measures at the default deadline. A
+refusal here is a failure: a lock held past 5 s, a "database is locked", a lost wake-up.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from tests.agi.harness import CONSENTED, MONDAY_10AM, rig, run
 from tests.policing.helpers import insert_calls, telemarketing
 
 BURST = 100
-DECISION_TIMEOUT_MS = 500  # the default in config/model.py
+DECISION_TIMEOUT_MS = 5000  # tests/conftest.py's; the product default (500) is for bench/
 OTHER_TENANT, OTHER_ACCESS = "beta", "01058001234"  # config/registry.example.yaml
 
 

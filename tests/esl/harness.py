@@ -78,7 +78,7 @@ def main() -> int:
     service = FreeswitchService(settings, outbound_port=0, **kwargs)
     port = service.start()
     if args.hub_probe:
-        report_on_signal(HubProbe().start(), signal.SIGUSR2)
+        report_on_signal(HubProbe().start().watch_store(), signal.SIGUSR2)
     if args.detector_thread:
         _start_detector(settings, kwargs.get("clock"))
     print(f"READY {port}", flush=True)

@@ -2,12 +2,19 @@
 TCP), on both store backends, while the seat-rental detector runs a pass that raises alerts
 against the same store from another process (this one).
 
-What must hold: no call is denied POLICY_UNAVAILABLE (the store answered every decision in
-time, ``decision_timeout_ms`` at its default 500), every call is let through recorded and
-resumed, and the adapter's hub never stalled: store work runs in native threads, so the hub
-probe (a greenlet waking every millisecond) never wakes more than 50 ms late, time spent
-waiting for a CPU on a loaded machine aside. That bound is a functional check (is anything
-blocking the loop?), not a speed figure; bench/bench_esl.py measures speed.
+What must hold: no call is denied POLICY_UNAVAILABLE, every call is let through recorded and
+resumed, and the adapter's hub never touched the store: every store connection of the burst
+was checked out in a native thread (the hub probe counts those checked out on the hub's own
+thread, exactly).
+
+Nothing here depends on the machine's speed. The decision deadline is generous (the tests'
+5 s, not the product's 500 ms): on a shared 2-CPU CI machine, 100 calls at once with the
+simulator, the detector and PostgreSQL on the same CPUs can take longer than 500 ms to decide
+on a slow minute, which is a speed figure. Speed is measured by ``bench/bench_esl.py --burst
+200 --store-load`` at the default deadline (refusals and the hub's lateness are printed
+there). What a refusal here means is a failure: a lock the detector held past 5 s, a
+"database is locked", a lost wake-up. ``tests/policing/test_detector_locks.py`` shows, without
+timing, that a decision never waits for a detector pass's reading.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from tests.policing.helpers import insert_calls, telemarketing
 from tests.sim.freeswitch import FsCall
 
 BURST = 100
-STALL_MS = 50.0
+GENEROUS_DEADLINE_MS = 5000  # tests/conftest.py's; the product default (500) is for bench/
 #: The example registry's second tenant and its filed number: its list-dialling is what the
 #: detector finds, while acme's calls are the burst.
 OTHER_TENANT, OTHER_ACCESS = "beta", "01058001234"
@@ -44,7 +51,7 @@ def _detector_pass(url: str, now: dt.datetime, start: threading.Barrier,
 
 def test_a_burst_while_the_detector_writes_is_never_refused(make_rig: Callable[..., EslRig],
                                                             steady_heap: None) -> None:
-    fs = make_rig(hub_probe=True)
+    fs = make_rig(hub_probe=True, decision_timeout_ms=GENEROUS_DEADLINE_MS)
     _, first = fs.place(profile())  # warm: the store's first connections
     assert first.variables_set["callwarden_decision"] == "allow"
     insert_calls(fs.store_url, telemarketing(
@@ -78,8 +85,5 @@ def test_a_burst_while_the_detector_writes_is_never_refused(make_rig: Callable[.
     events = wait_until(lambda: len(e := fs.events("esl_call")) >= BURST + 1 and e, timeout=20)
     assert len(events) == BURST + 1 and not any(e.get("failure") for e in events)
     assert hub["samples"] > 20, hub  # the probe ran throughout (the burst lasts ~0.1-1 s)
-    # Time the hub spent runnable but without a CPU is the machine's load, not the adapter's
-    # doing (a shared CI box); everything else counts: running code, or waiting off the CPU
-    # (a blocking call on the hub, the GIL held by a native thread).
-    assert hub["stalls_own"] == 0 and hub["max_own_ms"] < STALL_MS, hub
+    assert hub["store_on_hub"] == 0, hub  # every decision's store work ran in a native thread
     assert fs.stop() == 0

@@ -135,3 +135,46 @@ def test_a_timeout_says_how_much_of_the_deadline_went_before_the_decision_was_as
     gevent.sleep(0.05)
     assert enforcer.journaled == 1  # never decided: the denial is kept for the store
     gate.close()
+
+
+class _WaitsForTheHub(_Deciding):
+    """An enforcer whose store work (in a native thread, as the decision writer's) finishes
+    only once another greenlet has run: if the gate blocked the hub while waiting for it,
+    that greenlet could not run before the work gave up waiting (5 s)."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__()
+        self.outcome = outcome
+        self.hub_ran = threading.Event()  # native: this process is not monkey-patched
+        self.order: list[str] = []
+
+    def work(self) -> Outcome:
+        self.order.append("hub ran" if self.hub_ran.wait(5) else "hub blocked")
+        return self.outcome
+
+    def submit(self, attempt, started, route):  # noqa: ANN001, ANN201
+        job: concurrent.futures.Future = concurrent.futures.Future()
+        job.set_running_or_notify_cancel()
+        threading.Thread(target=lambda: job.set_result(self.work())).start()
+        return job
+
+
+@pytest.mark.parametrize("path", ["decide", "call"])
+def test_the_hub_runs_other_calls_while_the_store_works(path: str) -> None:
+    """The FreeSWITCH adapter serves every call on one hub: waiting for a decision, or for
+    other store work, must let the other calls' greenlets run (the burst test counts store
+    connections used on the hub; this one covers a blocking wait for a native thread)."""
+    outcome = Outcome("c" * 32, Decision(allowed=True, reasons=(), purpose="callback"),
+                      let_through=True, recording_relpath="acme/2026/03/02/x.wav")
+    enforcer = _WaitsForTheHub(outcome)
+    gate = StoreGate(enforcer, decision_timeout_s=10)  # type: ignore[arg-type]
+    other = gevent.spawn(enforcer.hub_ran.set)  # another call's greenlet, ready to run
+    if path == "decide":
+        attempt = CallAttempt(tenant="acme", caller="95512", callee="13800138000",
+                              at=dt.datetime(2026, 3, 2, 10, tzinfo=dt.UTC), pbx="freeswitch")
+        got = gate.decide(attempt, time.monotonic()).outcome
+    else:
+        got = gate.call(enforcer.work, timeout=10)
+    assert got is outcome and other.dead
+    assert enforcer.order == ["hub ran"]
+    gate.close()
