@@ -24,6 +24,11 @@ file is deleted, then ``purging -> purged`` is committed with the audit entry. A
 any point leaves at most the rows it was working on in ``purging``; the next run finishes them
 (a file already gone counts as deleted) unless a hold now covers one whose file still exists,
 which goes back to ``stored``. Runs are serialized by :func:`callwarden.service.locks.exclusive`.
+
+What is due is looked for, and what holds keep is counted, in read-only snapshots
+(``audit.snapshot``): on SQLite the store's own sessions begin ``IMMEDIATE``, and a scan over
+millions of CDRs holding the write lock would refuse the PBX's decisions meanwhile. Each
+removal re-checks, under lock, that its rows are still due.
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import Engine, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from callwarden.audit.snapshot import snapshot
 from callwarden.config import Settings
 from callwarden.config.model import MIN_RETENTION_DAYS
 from callwarden.log import get_logger
@@ -119,6 +126,10 @@ class Purger:
         self.consent_cutoff = self.now - (floor if subject else dt.timedelta(days=days.consent_days))
         self.report = PurgeReport(self.now, dry_run)
 
+    def _reading(self) -> AbstractContextManager[Session]:
+        """A read-only session over one snapshot: never holds SQLite's write lock."""
+        return snapshot(self.engine)
+
     def run(self) -> PurgeReport:
         """Purge everything due; raises locks.Busy if another purge holds the lock."""
         if self.dry_run:
@@ -182,7 +193,7 @@ class Purger:
     # -- dry run --------------------------------------------------------------------------------
 
     def _preview(self) -> None:
-        with self.sessions() as s:
+        with self._reading() as s:
             for cid in s.scalars(select(Recording.call_id).where(Recording.status == "purging")):
                 self._add("recording", cid, "would_purge", "interrupted purge would be finished")
             for cid in s.scalars(select(Recording.call_id).where(*self._recording_due(),
@@ -210,7 +221,7 @@ class Purger:
 
     def _finish_interrupted(self) -> None:
         """Rows a killed run left in ``purging``: finish them, or keep them if now on hold."""
-        with self.sessions() as s:
+        with self._reading() as s:
             rows = s.execute(select(Recording.id, Recording.call_id, Recording.location,
                                     self._recording_kept().label("kept"))
                              .where(Recording.status == "purging").order_by(Recording.id)).all()
@@ -224,7 +235,7 @@ class Purger:
     def _recordings(self) -> None:
         last = 0
         while True:
-            with self.sessions() as s:
+            with self._reading() as s:
                 rows = s.execute(select(Recording.id, Recording.call_id, Recording.location)
                                  .where(*self._recording_due(), ~self._recording_kept(),
                                         Recording.id > last)
@@ -235,7 +246,7 @@ class Purger:
                 last = rec_id
                 if self._claim(rec_id):
                     self._delete_recording(rec_id, call_id, location, resumed=False)
-        with self.sessions() as s:
+        with self._reading() as s:
             self.report.held["recording"] = self._count_held(s, Recording, self._recording_due(),
                                                              self._recording_kept())
 
@@ -296,7 +307,7 @@ class Purger:
 
     def _cdrs(self) -> None:
         while True:
-            with self.sessions() as s:
+            with self._reading() as s:
                 ids = list(s.scalars(select(Call.call_id).where(*self._cdr_due(), ~self._cdr_kept())
                                      .order_by(Call.attempted_at).limit(self.batch)))
             if not ids:
@@ -309,7 +320,7 @@ class Purger:
                     self._add("cdr", call_id, "purged")
             if not removed:  # changed under us since the batch was read: the next run sees it
                 break
-        with self.sessions() as s:
+        with self._reading() as s:
             self.report.held["cdr"] = self._count_held(s, Call, self._cdr_due(), self._cdr_kept())
 
     def _cdr_chunk(self, chunk: list[str]) -> list[str]:
@@ -343,7 +354,7 @@ class Purger:
 
     def _consents(self) -> None:
         while True:
-            with self.sessions() as s:
+            with self._reading() as s:
                 ids = list(s.scalars(select(Consent.id).where(*self._consent_due(),
                                                               ~self._consent_kept())
                                      .order_by(Consent.id).limit(self.batch)))
@@ -368,7 +379,7 @@ class Purger:
                         self._add("consent", f"consent:{consent_id}", "purged")
             if not removed:
                 break
-        with self.sessions() as s:
+        with self._reading() as s:
             self.report.held["consent"] = self._count_held(s, Consent, self._consent_due(),
                                                            self._consent_kept())
 

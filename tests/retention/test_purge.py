@@ -283,3 +283,36 @@ def test_one_purge_at_a_time(site):
         p = site.cli("purge")
         assert p.returncode == 1 and "another purge is running" in p.stderr
     assert purge(site)["recordings"]["purged"] == 1
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_decisions_go_on_while_the_purge_scans(make_site, monkeypatch, dry_run):
+    """The purge looks for what is due, and counts what holds keep, in reads over the whole
+    store (seconds on millions of CDRs). Those reads must not hold SQLite's write lock: a
+    decision made from inside one (after its count, its transaction still open) is answered,
+    where a lock held there could only make it wait for its deadline and be refused
+    POLICY_UNAVAILABLE, however fast the machine."""
+    from callwarden.service.purge import Purger
+
+    site = make_site(frequency={"per_day": 1000, "per_week": 7000})
+    old = site.stored_call(ended=NOW - 100 * DAY)
+    monday_10am = dt.datetime(2026, 3, 2, 10, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    decided = []
+    real = Purger._count_held
+
+    def count_then_decide(self, s, *args):  # noqa: ANN001, ANN202
+        held = real(self, s, *args)
+        decided.append(site.enforcer.decide(CallAttempt(
+            tenant="acme", caller="95512", callee="13800138000", at=monday_10am,
+            pbx="asterisk", pbx_call_id=f"during-purge-{len(decided)}")))
+        return held
+
+    monkeypatch.setattr(Purger, "_count_held", count_then_decide)
+    out = purge(site, None, *(["--dry-run"] if dry_run else []))
+    assert len(decided) == 3  # recordings, CDRs, consents
+    assert [o.decision.codes for o in decided] == [()] * 3
+    assert all(o.decision.allowed for o in decided)
+    assert out["recordings"]["would_purge" if dry_run else "purged"] == 1
+    assert out["cdrs"]["would_purge" if dry_run else "purged"] == 1
+    assert (site.cdr(old) is None) is not dry_run  # its recording, then the CDR (cdr_days 30)
+    assert site.chain_ok()
