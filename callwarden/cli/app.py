@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from callwarden import log
 from callwarden.audit.pseudonym import AuditKey, AuditKeyError, open_store_key
+from callwarden.audit.snapshot import snapshot
 from callwarden.config import ConfigError, Settings, load_settings
 from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
 
@@ -66,7 +67,9 @@ class App:
 
     @contextmanager
     def reader(self) -> Iterator[Session]:
-        with make_sessionmaker(self.engine)() as session:
+        """A read-only session over one snapshot (``audit.snapshot``): on SQLite it never
+        takes the write lock, so listing or checking never holds up the PBX's decisions."""
+        with snapshot(self.engine) as session:
             yield session
 
 

@@ -105,20 +105,38 @@ def extend(conn: Connection, head: Head, entries: list[NewEntry]) -> list[str]:
     Phone numbers in ``subject``/``details`` are replaced by their keyed hash and masked form
     (``callwarden.audit.pseudonym.protect``), with the key loaded for this store at start-up.
     """
-    if not entries:
+    return _link(conn, head, _protected(conn, entries))
+
+
+#: An entry ready for the chain: (actor, action, subject, details as canonical JSON, at or None).
+_Ready = tuple[str, str, str | None, str, dt.datetime | None]
+
+
+def _protected(conn: Connection, entries: list[NewEntry]) -> list[_Ready]:
+    """What an entry's place in the chain does not change: its numbers pseudonymized and its
+    details serialized (the costly part of an entry; :func:`_append_pending` does it before
+    it locks the head)."""
+    key = pseudonym.bound_key(conn.engine)
+    ready: list[_Ready] = []
+    for e in entries:
+        # Numbers never go in clear: keyed hash + masked form (callwarden.audit.pseudonym).
+        subject, details = pseudonym.protect(key, e.action, e.subject, e.details or {})
+        ready.append((e.actor, e.action, subject, canonical(details), e.at))
+    return ready
+
+
+def _link(conn: Connection, head: Head, ready: list[_Ready]) -> list[str]:
+    """Chain ``ready`` entries after ``head`` (locked), insert them and move the head."""
+    if not ready:
         return []
     rows, hashes = [], []
     seq, prev = head.seq, head.hash
     now = utcnow()
-    key = pseudonym.bound_key(conn.engine)
-    for e in entries:
-        at = (e.at or now).astimezone(dt.UTC)
-        # Numbers never go in clear: keyed hash + masked form (callwarden.audit.pseudonym).
-        subject, details = pseudonym.protect(key, e.action, e.subject, e.details or {})
-        text = canonical(details)
+    for actor, action, subject, text, when in ready:
+        at = (when or now).astimezone(dt.UTC)
         seq += 1
-        h = entry_hash(prev, seq, at, e.actor, e.action, subject, text)
-        rows.append({"seq": seq, "at": at, "actor": e.actor, "action": e.action,
+        h = entry_hash(prev, seq, at, actor, action, subject, text)
+        rows.append({"seq": seq, "at": at, "actor": actor, "action": action,
                      "subject": subject, "details": text, "prev_hash": prev, "hash": h})
         hashes.append(h)
         prev = h
@@ -153,7 +171,8 @@ def _append_pending(session: Session) -> None:
     entries = session.info.pop(_AT_COMMIT, None)
     if entries:
         conn = session.connection()
-        extend(conn, lock_head(conn), entries)
+        ready = _protected(conn, entries)  # before the lock: decisions wait for the head
+        _link(conn, lock_head(conn), ready)
 
 
 @event.listens_for(Session, "after_rollback")

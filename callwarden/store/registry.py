@@ -192,7 +192,9 @@ class Registry:
         self.counts: Counter[str] = Counter()
 
     def _audit(self, action: str, subject: str, details: dict[str, Any]) -> None:
-        audit.append(self.s, self.actor, action, subject, details)
+        # Joins the chain when the transaction commits: a batch (a registry file, a consents
+        # CSV) does not hold the audit head, which every decision locks, while its rows go in.
+        audit.append_at_commit(self.s, self.actor, action, subject, details)
 
     def _need_tenant(self, tenant_id: str, where: str) -> Tenant:
         t = self.s.get(Tenant, tenant_id)
@@ -266,11 +268,16 @@ class Registry:
                   "ref": e.ref, "sha256": e.sha256, "filename": e.filename}
         return self._upsert("proofs", ProofDocument(), existing, values, f"{e.kind}:{subject}")
 
-    def consent(self, e: ConsentIn, where: str = "consent") -> Consent:
+    def check_consent(self, e: ConsentIn, where: str = "consent") -> None:
+        """What :meth:`consent` checks against the store before it writes (it only reads):
+        a batch split over several transactions checks every row first."""
         self._need_tenant(e.tenant, f"{where}.tenant")
-        callee = _canonical(e.callee)
         if e.expires_at is not None and e.expires_at <= e.obtained_at:
             raise RegistryError(f"{where}.expires_at", "must be after obtained_at")
+
+    def consent(self, e: ConsentIn, where: str = "consent") -> Consent:
+        self.check_consent(e, where)
+        callee = _canonical(e.callee)
         existing = self.s.scalar(select(Consent).where(
             Consent.tenant_id == e.tenant, Consent.callee == callee,
             Consent.obtained_at == e.obtained_at, Consent.evidence_kind == e.evidence.kind))
