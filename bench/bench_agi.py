@@ -32,7 +32,9 @@ A call's latency is the whole FastAGI session as Asterisk sees it, from connect 
 server closes and the dialplan can go on. Outcomes: a decision that misses
 ``decision_timeout_ms`` (500 ms) is denied POLICY_UNAVAILABLE (fail closed). "srv CPU" is the
 server process's CPU time (user + system, all threads, from /proc) per call placed: less noisy
-than rates on a shared machine. SQLite takes one writer at a time; PostgreSQL decides in
+than rates on a shared machine. "gen CPU" is this process's own (the load generator: one
+asyncio loop, so at ~1,000 ms per second of run it, not the server, sets the pace; the bare
+route's closed-loop rates reach that). SQLite takes one writer at a time; PostgreSQL decides in
 parallel. PostgreSQL: $CALLWARDEN_BENCH_PG (default
 postgresql+psycopg://postgres@127.0.0.1:5432/test), in a schema of its own dropped afterwards.
 
@@ -313,6 +315,10 @@ class Figures:
     started: int = 0
     skipped: int = 0
     lag_max: float = 0.0  # how late the generator started a set-up (s)
+    gen_cpu: float | None = None  # the generator's own CPU ms per call placed
+
+    def gen(self) -> str:
+        return _cpu(self.gen_cpu)
 
     def record(self, latency: float, outcome: str) -> None:
         self.latencies.append(latency)
@@ -391,12 +397,16 @@ def pct(values: list[float], q: float) -> float:
 
 
 def measured(servers: dict[str, tuple[mp.Process, int]], name: str, run) -> tuple[Figures, float | None]:  # type: ignore[no-untyped-def]
-    """Run ``run(ports)`` against one server; also its CPU ms per call placed."""
+    """Run ``run(ports)`` against one server; also its CPU ms per call placed (and, in the
+    figures, the generator's: one process on one CPU, so near 1,000 ms per second it is the
+    limit, not the server)."""
     proc, port = servers[name]
-    before = cpu_seconds(proc.pid)
+    before, gen_before = cpu_seconds(proc.pid), time.process_time()
     figures = asyncio.run(run([port]))
-    after = cpu_seconds(proc.pid)
+    after, gen_after = cpu_seconds(proc.pid), time.process_time()
     placed = len(figures.latencies)
+    if placed:
+        figures.gen_cpu = (gen_after - gen_before) * 1000 / placed
     cpu = (after - before) * 1000 / placed if before is not None and after is not None and placed else None
     return figures, cpu
 
@@ -408,7 +418,8 @@ def _cpu(cpu: float | None) -> str:
 def run_levels(servers: dict[str, tuple[mp.Process, int]], levels: list[int], seconds: float) -> None:
     print(f"\nclosed loop, {seconds:g} s per level and server")
     print(f"{'concurrent':>10} {'server':<11} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'srv CPU':>7}  outcomes   (srv CPU = server ms CPU per call)")
+          f"{'srv CPU':>7} {'gen CPU':>7}  outcomes   (ms CPU per call of the server and of "
+          "this load generator)")
     for level in levels:
         figures = {}
         for name in servers:
@@ -416,7 +427,7 @@ def run_levels(servers: dict[str, tuple[mp.Process, int]], levels: list[int], se
             rate = len(f.latencies) / seconds
             figures[name] = (rate, pct(f.latencies, 0.5), pct(f.latencies, 0.99), cpu)
             print(f"{level:>10} {name:<11} {rate:>9.0f} {figures[name][1]:>8.2f} "
-                  f"{figures[name][2]:>8.2f} {_cpu(cpu)}  {f.mix()}")
+                  f"{figures[name][2]:>8.2f} {_cpu(cpu)} {f.gen()}  {f.mix()}")
         (b_rate, b50, b99, bcpu), (c_rate, c50, c99, ccpu) = figures["baseline"], figures["callwarden"]
         cpu_ratio = f"{ccpu / bcpu:>6.1f}x" if bcpu and ccpu else f"{'':>7}"
         print(f"{'':>10} {'ratio':<11} {c_rate / b_rate:>8.2f}x {c50 / b50:>7.1f}x "
@@ -428,14 +439,14 @@ def run_open(servers: dict[str, tuple[mp.Process, int]], rate: float, seconds: f
     print(f"\nopen loop: {rate:g} set-ups/s for {seconds:g} s, at most {max_inflight} in flight"
           + (" (background work on the store)" if background.url else ""))
     print(f"{'server':<11} {'started':>8} {'done/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-          f"{'skipped':>8} {'gen lag':>8} {'srv CPU':>7}  outcomes")
+          f"{'skipped':>8} {'gen lag':>8} {'srv CPU':>7} {'gen CPU':>7}  outcomes")
     for name in servers:
         with Background(background.url if name == "callwarden" else None, background.workdir,
                         background.every) as bg:
             f, cpu = measured(servers, name, lambda ports: open_loop(ports, rate, seconds, max_inflight))
         print(f"{name:<11} {f.started:>8} {len(f.latencies) / seconds:>8.0f} "
               f"{pct(f.latencies, 0.5):>8.2f} {pct(f.latencies, 0.99):>8.2f} "
-              f"{pct(f.latencies, 1.0):>8.1f} {f.skipped:>8} {f.lag_max * 1000:>7.0f}ms {_cpu(cpu)}"
+              f"{pct(f.latencies, 1.0):>8.1f} {f.skipped:>8} {f.lag_max * 1000:>7.0f}ms {_cpu(cpu)} {f.gen()}"
               f"  {f.mix()}; POLICY_UNAVAILABLE {f.outcomes['POLICY_UNAVAILABLE']}")
         if bg.summary:
             print(bg.describe())
@@ -444,13 +455,13 @@ def run_open(servers: dict[str, tuple[mp.Process, int]], rate: float, seconds: f
 def run_burst(servers: dict[str, tuple[mp.Process, int]], size: int, background: Background) -> None:
     print(f"\nburst: {size} set-ups at the same instant"
           + (" (background work on the store)" if background.url else ""))
-    print(f"{'server':<11} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'srv CPU':>7}  outcomes")
+    print(f"{'server':<11} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'srv CPU':>7} {'gen CPU':>7}  outcomes")
     for name in servers:
         with Background(background.url if name == "callwarden" else None, background.workdir,
                         background.every) as bg:
             f, cpu = measured(servers, name, lambda ports: burst(ports, size))
         print(f"{name:<11} {pct(f.latencies, 0.5):>8.2f} {pct(f.latencies, 0.99):>8.2f} "
-              f"{pct(f.latencies, 1.0):>8.1f} {_cpu(cpu)}  {f.mix()}; "
+              f"{pct(f.latencies, 1.0):>8.1f} {_cpu(cpu)} {f.gen()}  {f.mix()}; "
               f"POLICY_UNAVAILABLE {f.outcomes['POLICY_UNAVAILABLE']}")
         if bg.summary:
             print(bg.describe())
