@@ -170,6 +170,13 @@ def sqlite_url(tmp_path) -> Iterator[str]:
 
 
 @pytest.fixture
+def postgresql_url(tmp_path) -> Iterator[str]:
+    """A migrated PostgreSQL schema of its own, for tests about PostgreSQL alone (its locks)."""
+    with migrated_store("postgresql", tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
 def make_settings(tmp_path) -> Callable[..., Settings]:
     """Settings for a store URL with overrides: ``make_settings(url, mode="observe")``."""
 

@@ -424,6 +424,9 @@ def consents_import(app: App, file) -> None:
 #: at its commit, for a small part of a decision's deadline; 50 rows came within 30 ms of
 #: 500 ms there).
 CONSENT_STEP = 20
+#: The pause after each step of an import in steps (consents on both stores, refusals on
+#: SQLite), in which waiting call decisions take the lock.
+IMPORT_STEP_PAUSE_S = 0.005
 
 
 def _import_consents_in_steps(app: App, entries: list[tuple[int, Any]]) -> int:
@@ -457,7 +460,7 @@ def _import_consents_in_steps(app: App, entries: list[tuple[int, Any]]) -> int:
                        err=True)
             raise SystemExit(1) from None
         done += len(step)
-        time.sleep(SQLITE_IMPORT_PAUSE_S)  # let a waiting decision take the lock
+        time.sleep(IMPORT_STEP_PAUSE_S)  # let a waiting decision take the lock
     return done
 
 
@@ -540,10 +543,8 @@ def refusals_import(app: App, file, tenant: str, source: str, skip_invalid: bool
     click.echo(f"added {added} refusal(s)" + (f", skipped {len(bad)} bad line(s)" if bad else ""))
 
 
-#: Refusals per transaction when a SQLite import is split (a few ms of the write lock each),
-#: and the pause after each, in which waiting call decisions take the lock.
+#: Refusals per transaction when a SQLite import is split (a few ms of the write lock each).
 SQLITE_IMPORT_STEP = 1_000
-SQLITE_IMPORT_PAUSE_S = 0.005
 
 
 def _import_refusals_in_steps(app: App, file: Any, tenant: str, source: str,
@@ -568,7 +569,7 @@ def _import_refusals_in_steps(app: App, file: Any, tenant: str, source: str,
             added += _run(app, lambda r, s=step: import_refusals_bulk(r.s, tenant, s, source,
                                                                        audit_entry=False))
             step = []
-            time.sleep(SQLITE_IMPORT_PAUSE_S)
+            time.sleep(IMPORT_STEP_PAUSE_S)
     added += _run(app, lambda r: import_refusals_bulk(r.s, tenant, step, source,
                                                       audit_entry=False))
     with app.session() as session:

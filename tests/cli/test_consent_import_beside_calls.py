@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import func, select
 
 from callwarden.cli import admin
@@ -57,10 +56,10 @@ def _counts(e: Enforcer) -> tuple[int, int]:
                     AuditEntry.action == "consents.created")) or 0)
 
 
-def test_a_decision_made_inside_a_postgresql_import_is_answered(pg_store_url, make_settings,
+def test_a_decision_made_inside_a_postgresql_import_is_answered(postgresql_url, make_settings,
                                                                 tmp_path, monkeypatch) -> None:
-    seed(pg_store_url)
-    e, decide = _decider(pg_store_url, make_settings)
+    seed(postgresql_url)
+    e, decide = _decider(postgresql_url, make_settings)
     codes: list[tuple[str, ...]] = []
     real = Registry.consent
 
@@ -73,7 +72,7 @@ def test_a_decision_made_inside_a_postgresql_import_is_answered(pg_store_url, ma
 
     monkeypatch.setattr(Registry, "consent", consent_then_decide)
     stored, entries = _counts(e)
-    cw = cli_invoker(pg_store_url, tmp_path)
+    cw = cli_invoker(postgresql_url, tmp_path)
     p = cw("consents", "import", str(_csv(tmp_path / "c.csv", 20)))
     assert p.returncode == 0 and "imported 20" in p.stdout, p.stderr
     assert codes == [()]  # allowed, not POLICY_UNAVAILABLE
@@ -117,11 +116,3 @@ def test_an_import_goes_in_short_transactions_checked_whole_first(
     with e.sessions() as s:
         assert verify_chain(s) == []
     e.engine.dispose()
-
-
-@pytest.fixture
-def pg_store_url(tmp_path):  # noqa: ANN001, ANN201
-    from tests.conftest import migrated_store
-
-    with migrated_store("postgresql", tmp_path) as url:
-        yield url

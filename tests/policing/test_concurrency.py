@@ -8,9 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
 import yaml
 from sqlalchemy import func, select
 
@@ -19,17 +17,10 @@ from callwarden.policing.figures import Measurer
 from callwarden.policing.runner import Detector
 from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
 from callwarden.store.models import Alert, AuditEntry
-from tests.conftest import at, migrated_store, seed
+from tests.conftest import at, seed
 from tests.policing.helpers import insert_calls, registry_doc, session_for, telemarketing
 
 NOW = at("2026-03-02 10:30")
-
-
-@pytest.fixture
-def pg_url(tmp_path) -> Iterator[str]:
-    """A migrated PostgreSQL schema of its own (these tests are about PostgreSQL's lock)."""
-    with migrated_store("postgresql", tmp_path) as url:
-        yield url
 
 
 def prepare(url: str) -> None:
@@ -69,8 +60,8 @@ def run_two(detectors: list[Detector]) -> list:
     return results
 
 
-def test_two_overlapping_passes_on_postgresql_one_runs_one_skips(pg_url, make_settings, monkeypatch):
-    prepare(pg_url)
+def test_two_overlapping_passes_on_postgresql_one_runs_one_skips(postgresql_url, make_settings, monkeypatch):
+    prepare(postgresql_url)
     real = Measurer.measure
 
     def slow(self, *a, **kw):  # hold the lock long enough for the other node to try it
@@ -79,7 +70,7 @@ def test_two_overlapping_passes_on_postgresql_one_runs_one_skips(pg_url, make_se
         return out
 
     monkeypatch.setattr(Measurer, "measure", slow)
-    nodes = [Detector(make_settings(pg_url), engine=make_engine(pg_url), run_by=f"node{i}") for i in range(2)]
+    nodes = [Detector(make_settings(postgresql_url), engine=make_engine(postgresql_url), run_by=f"node{i}") for i in range(2)]
     try:
         results = run_two(nodes)
     finally:
@@ -90,29 +81,29 @@ def test_two_overlapping_passes_on_postgresql_one_runs_one_skips(pg_url, make_se
     assert skipped.skipped == "another node is running a pass" and skipped.raised == []
     ran = next(r for r in results if r.ran)
     assert sorted(r.planned.kind for r in ran.raised) == ["proof_missing", "proof_missing", "risk_suspend"]
-    assert counts(pg_url) == (3, 3, 3, 1)
+    assert counts(postgresql_url) == (3, 3, 3, 1)
 
 
-def test_two_cli_processes_on_postgresql_raise_everything_exactly_once(pg_url, tmp_path):
-    prepare(pg_url)
+def test_two_cli_processes_on_postgresql_raise_everything_exactly_once(postgresql_url, tmp_path):
+    prepare(postgresql_url)
     cfg = tmp_path / "cw.yaml"
-    cfg.write_text(yaml.safe_dump({"store": {"url": pg_url}, "logging": {"format": "console", "level": "warning"}}))
+    cfg.write_text(yaml.safe_dump({"store": {"url": postgresql_url}, "logging": {"format": "console", "level": "warning"}}))
     cmd = [sys.executable, "-m", "callwarden.cli.main", "--config", str(cfg), "police", "--once",
            "--now", NOW.isoformat()]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert counts(pg_url) == (3, 3, 3, 1)
+    assert counts(postgresql_url) == (3, 3, 3, 1)
     stdout = "".join(o for o, _ in outs)
     assert stdout.count("raised #") == 3 and stdout.count("tenant SUSPENDED") == 1
 
 
-def test_without_the_lock_the_dedup_key_still_stops_a_double_alert(pg_url):
+def test_without_the_lock_the_dedup_key_still_stops_a_double_alert(postgresql_url):
     """Two transactions applying the same plan at once (as if the lock were bypassed)."""
-    prepare(pg_url)
+    prepare(postgresql_url)
     plan = [actions.PlannedAlert("proof_missing:care:number:95580", "care", "proof_missing", "warn", None,
                                  "proof_missing: number 95580", {"summary": "x"})]
-    engine = make_engine(pg_url)
+    engine = make_engine(postgresql_url)
     first_in = threading.Event()
     got: dict[str, list] = {}
 
@@ -136,7 +127,7 @@ def test_without_the_lock_the_dedup_key_still_stops_a_double_alert(pg_url):
     finally:
         engine.dispose()
     assert len(got["a"]) == 1 and got["b"] == []
-    assert counts(pg_url)[:3] == (1, 1, 1)
+    assert counts(postgresql_url)[:3] == (1, 1, 1)
 
 
 def test_concurrent_passes_on_sqlite_raise_everything_once(sqlite_url, make_settings, monkeypatch):
