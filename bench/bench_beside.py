@@ -140,6 +140,8 @@ def old_calls(tenant: str, n: int, rng: random.Random) -> Iterator[dict]:
 def prepare(url: str, args: argparse.Namespace) -> None:
     """The registry (acme's callees consented), a tenant's telemarketing for the detector, old
     CDRs: ``--held`` of the held tenant and ``--purgeable`` of acme."""
+    from sqlalchemy import text
+
     from callwarden.store.db import make_engine
     from callwarden.store.models import Call
 
@@ -148,6 +150,8 @@ def prepare(url: str, args: argparse.Namespace) -> None:
     rng = random.Random(7)
     load_batches(engine, Call, old_calls(HOLDER, args.held, rng))
     load_batches(engine, Call, old_calls("acme", args.purgeable, rng))
+    with engine.begin() as c:  # as autovacuum would have by now (the plans depend on it)
+        c.execute(text("ANALYZE"))
     engine.dispose()
 
 

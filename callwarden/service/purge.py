@@ -306,20 +306,24 @@ class Purger:
     # -- CDRs and consents (database rows only: short transactions) -----------------------------
 
     def _cdrs(self) -> None:
+        # Each batch starts after the last row of the one before (by attempted_at, call_id):
+        # the rows a hold keeps stay due, and starting from the oldest every time walked all of
+        # them again per batch (a tenant's year of CDRs under a legal hold, every 200 purged).
+        after: tuple[dt.datetime, str] | None = None
         while True:
             with self._reading() as s:
-                ids = list(s.scalars(select(Call.call_id).where(*self._cdr_due(), ~self._cdr_kept())
-                                     .order_by(Call.attempted_at).limit(self.batch)))
-            if not ids:
+                q = select(Call.attempted_at, Call.call_id).where(*self._cdr_due(), ~self._cdr_kept())
+                if after is not None:
+                    q = q.where(Call.attempted_at >= after[0],  # the index's range
+                                or_(Call.attempted_at > after[0], Call.call_id > after[1]))
+                rows = s.execute(q.order_by(Call.attempted_at, Call.call_id).limit(self.batch)).all()
+            if not rows:
                 break
-            removed = 0
-            for chunk in _chunks(ids, ROWS_PER_TRANSACTION):
-                gone = self._cdr_chunk(chunk)
-                removed += len(gone)
-                for call_id in gone:
+            after = (rows[-1].attempted_at, rows[-1].call_id)
+            # a row changed since it was read (a hold set) is re-checked, and left, under lock
+            for chunk in _chunks([r.call_id for r in rows], ROWS_PER_TRANSACTION):
+                for call_id in self._cdr_chunk(chunk):
                     self._add("cdr", call_id, "purged")
-            if not removed:  # changed under us since the batch was read: the next run sees it
-                break
         with self._reading() as s:
             self.report.held["cdr"] = self._count_held(s, Call, self._cdr_due(), self._cdr_kept())
 
@@ -353,14 +357,16 @@ class Purger:
         return ids
 
     def _consents(self) -> None:
+        last = 0  # after the last batch's rows, as for CDRs
         while True:
             with self._reading() as s:
                 ids = list(s.scalars(select(Consent.id).where(*self._consent_due(),
-                                                              ~self._consent_kept())
+                                                              ~self._consent_kept(),
+                                                              Consent.id > last)
                                      .order_by(Consent.id).limit(self.batch)))
             if not ids:
                 break
-            removed = 0
+            last = ids[-1]
             for chunk in _chunks(ids, ROWS_PER_TRANSACTION):
                 with unit_of_work(self.sessions) as s:
                     for consent_id in chunk:
@@ -369,7 +375,6 @@ class Purger:
                                       .with_for_update()).first()
                         if c is None:
                             continue
-                        removed += 1
                         audit.append_at_commit(s, self.actor, "consent_purged", f"consent:{c.id}", {
                             "tenant": c.tenant_id, "scopes": c.scopes, "obtained_at": c.obtained_at,
                             "expires_at": c.expires_at, "revoked_at": c.revoked_at,
@@ -377,8 +382,6 @@ class Purger:
                             "evidence_sha256": c.evidence_sha256, "purge_clock": self.now})
                         s.delete(c)
                         self._add("consent", f"consent:{consent_id}", "purged")
-            if not removed:
-                break
         with self._reading() as s:
             self.report.held["consent"] = self._count_held(s, Consent, self._consent_due(),
                                                            self._consent_kept())
