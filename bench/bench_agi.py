@@ -54,6 +54,7 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -467,6 +468,50 @@ def run_burst(servers: dict[str, tuple[mp.Process, int]], size: int, background:
             print(bg.describe())
 
 
+class BackendStates:
+    """Samples PostgreSQL's ``pg_stat_activity`` every 20 ms from a thread: how many of the
+    store's backends were, on average, running, waiting for another transaction's lock (the
+    audit head every decision batch locks, from its facts to its commit, on every node),
+    flushing WAL, or waiting for their client."""
+
+    KINDS = (("running", "CPU"), ("lock wait", "Lock"), ("WAL flush", "IO"),
+             ("client", "Client"))
+
+    def __init__(self, url: str):
+        from sqlalchemy import create_engine
+
+        self._engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        self._stop = threading.Event()
+        self._counts: Counter = Counter()
+        self._samples = 0
+
+    def __enter__(self) -> BackendStates:
+        self._thread = threading.Thread(target=self._run, name="pg-states", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._engine.dispose()
+
+    def _run(self) -> None:
+        from sqlalchemy import text
+
+        query = text("SELECT coalesce(wait_event_type, 'CPU'), count(*) FROM pg_stat_activity "
+                     "WHERE datname = current_database() AND state = 'active' "
+                     "AND pid <> pg_backend_pid() GROUP BY 1")
+        with self._engine.connect() as c:
+            while not self._stop.wait(0.02):
+                for kind, n in c.execute(query):
+                    self._counts[kind] += n
+                self._samples += 1
+
+    def describe(self) -> str:
+        n = max(1, self._samples)
+        return ", ".join(f"{label} {self._counts[kind] / n:.2f}" for label, kind in self.KINDS)
+
+
 def run_nodes(url: str, workdir: str, nodes: int, concurrency: int, seconds: float,
               first: tuple[mp.Process, int]) -> None:
     """Closed loop at ``concurrency`` on one node, then split over ``nodes`` nodes."""
@@ -476,13 +521,15 @@ def run_nodes(url: str, workdir: str, nodes: int, concurrency: int, seconds: flo
         asyncio.run(closed_loop(ports, 4 * nodes, 1.0))  # warm up the new nodes
         print(f"\nnodes: callwarden servers sharing the store, closed loop at {concurrency} "
               f"concurrent calls split between them, {seconds:g} s each")
-        print(f"{'nodes':>6} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}  outcomes")
+        print(f"{'nodes':>6} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}  outcomes; PostgreSQL "
+              "backends on average: running, waiting for a lock, flushing WAL, for their client")
         rates = {}
         for count in (1, nodes):
-            f = asyncio.run(closed_loop(ports[:count], concurrency, seconds))
+            with BackendStates(url) as states:
+                f = asyncio.run(closed_loop(ports[:count], concurrency, seconds))
             rates[count] = len(f.latencies) / seconds
             print(f"{count:>6} {rates[count]:>9.0f} {pct(f.latencies, 0.5):>8.2f} "
-                  f"{pct(f.latencies, 0.99):>8.2f}  {f.mix()}")
+                  f"{pct(f.latencies, 0.99):>8.2f}  {f.mix()}; {states.describe()}")
         print(f"{'ratio':>6} {rates[nodes] / rates[1]:>8.2f}x  ({nodes} nodes / 1 node; "
               f"{os.cpu_count()} CPUs on this machine, shared with the load generator)")
     finally:
