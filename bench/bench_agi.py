@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import multiprocessing as mp
 import os
@@ -58,6 +59,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -472,9 +474,9 @@ class BackendStates:
     """Samples PostgreSQL's ``pg_stat_activity`` every 20 ms from a thread: how many of the
     store's backends were, on average, running, waiting for another transaction's lock (the
     audit head every decision batch locks, from its facts to its commit, on every node),
-    flushing WAL, or waiting for their client."""
+    in I/O (here mostly the commits' WAL flushes), or waiting for their client."""
 
-    KINDS = (("running", "CPU"), ("lock wait", "Lock"), ("WAL flush", "IO"),
+    KINDS = (("running", "CPU"), ("lock wait", "Lock"), ("I/O", "IO"),
              ("client", "Client"))
 
     def __init__(self, url: str):
@@ -522,7 +524,7 @@ def run_nodes(url: str, workdir: str, nodes: int, concurrency: int, seconds: flo
         print(f"\nnodes: callwarden servers sharing the store, closed loop at {concurrency} "
               f"concurrent calls split between them, {seconds:g} s each")
         print(f"{'nodes':>6} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}  outcomes; PostgreSQL "
-              "backends on average: running, waiting for a lock, flushing WAL, for their client")
+              "backends on average: running, waiting for a lock, in I/O, for their client")
         rates = {}
         for count in (1, nodes):
             with BackendStates(url) as states:
@@ -564,6 +566,23 @@ def bench_backend(label: str, url: str, workdir: str, args: argparse.Namespace) 
             proc.terminate()
 
 
+@contextlib.contextmanager
+def pg_schema(prefix: str) -> Iterator[str]:
+    """The URL of a PostgreSQL schema of its own on $CALLWARDEN_BENCH_PG, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
 def _levels(text: str) -> list[int]:
     return [] if text in ("", "none") else [int(x) for x in text.split(",")]
 
@@ -589,24 +608,13 @@ def main() -> None:
     parser.add_argument("--nodes-concurrency", type=int, default=50)
     args = parser.parse_args()
 
-    from sqlalchemy import create_engine, text
-
     with tempfile.TemporaryDirectory(prefix="bench_agi_") as workdir:
         for backend in args.backends.split(","):
             if backend == "sqlite":
                 bench_backend("SQLite (WAL)", f"sqlite:///{workdir}/callwarden.db", workdir, args)
                 continue
-            schema = "bench_agi_" + uuid.uuid4().hex[:8]
-            admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-            with admin.connect() as c:
-                c.execute(text(f'CREATE SCHEMA "{schema}"'))
-            try:
-                bench_backend("PostgreSQL", f"{PG_URL}?options=-csearch_path%3D{schema}", workdir,
-                              args)
-            finally:
-                with admin.connect() as c:
-                    c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-                admin.dispose()
+            with pg_schema("bench_agi") as url:
+                bench_backend("PostgreSQL", url, workdir, args)
 
 
 if __name__ == "__main__":

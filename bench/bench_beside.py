@@ -43,16 +43,23 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
-from bench_agi import CALLEES, MONDAY_10AM, PG_URL, RENTER, callee, prepare_store  # noqa: E402
+from bench_agi import (  # noqa: E402
+    CALLEES,
+    MONDAY_10AM,
+    RENTER,
+    Figures,
+    callee,
+    pct,
+    pg_schema,
+    prepare_store,
+)
 from bench_decide import load_batches  # noqa: E402
 
 JOBS = ("none", "purge", "consents", "police", "verify")
@@ -61,18 +68,6 @@ HOLDER = RENTER  # the tenant under legal hold: its old CDRs are kept, and count
 #: not due for purging and the old CDRs below are.
 JOBS_NOW = MONDAY_10AM + dt.timedelta(days=1)
 OLD = MONDAY_10AM - dt.timedelta(days=400)  # past the default 180-day retention
-
-
-@dataclass
-class Figures:
-    latencies: list[float] = field(default_factory=list)
-    outcomes: Counter = field(default_factory=Counter)
-
-    def pct(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 class Decider:
@@ -109,8 +104,7 @@ class Decider:
             due = time.perf_counter()
             while not stop.is_set():
                 latency, codes = self.decide()
-                figures.latencies.append(latency)
-                figures.outcomes[",".join(codes) or "allow"] += 1
+                figures.record(latency, ",".join(codes) or "allow")
                 due += self.every
                 time.sleep(max(0.0, due - time.perf_counter()))
 
@@ -239,8 +233,8 @@ def bench_backend(label: str, url: str, args: argparse.Namespace) -> None:
                 f, wall, status = run_job(decider, jobs, job, args.baseline_seconds)
                 refused = sum(n for codes, n in f.outcomes.items() if "POLICY_UNAVAILABLE" in codes)
                 other = {k: v for k, v in f.outcomes.items() if k != "allow" and "POLICY_UNAVAILABLE" not in k}
-                print(f"{job:<10} {wall:>8.2f}s {status:<24} {len(f.latencies):>9} {f.pct(0.5):>8.2f} "
-                      f"{f.pct(0.99):>8.2f} {f.pct(1.0):>8.1f} {refused:>18}"
+                print(f"{job:<10} {wall:>8.2f}s {status:<24} {len(f.latencies):>9} {pct(f.latencies, 0.5):>8.2f} "
+                      f"{pct(f.latencies, 0.99):>8.2f} {pct(f.latencies, 1.0):>8.1f} {refused:>18}"
                       + (f"  other outcomes: {other}" if other else ""))
         finally:
             decider.close()
@@ -270,17 +264,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="bench-beside-db-") as d:
                 bench_backend("SQLite (WAL)", f"sqlite:///{d}/store.db", args)
         elif backend == "postgresql":
-            schema = f"bench_beside_{uuid.uuid4().hex[:8]}"
-            from sqlalchemy import create_engine, text
-            admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-            with admin.connect() as c:
-                c.execute(text(f'CREATE SCHEMA "{schema}"'))
-            try:
-                bench_backend("PostgreSQL", f"{PG_URL}?options=-csearch_path%3D{schema}", args)
-            finally:
-                with admin.connect() as c:
-                    c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-                admin.dispose()
+            with pg_schema("bench_beside") as url:
+                bench_backend("PostgreSQL", url, args)
         else:
             parser.error(f"--backends: unknown {backend}")
 
