@@ -38,12 +38,13 @@ from callwarden.service.group_commit import Correction, GroupCommit, Pending
 from callwarden.service.journal import OutageJournal
 from callwarden.service.recordings import RecordingService, returned_at_call_end
 from callwarden.store import audit, hot
+from callwarden.store.callee_locks import lock_callees
 from callwarden.store.db import StoreUnavailable, make_engine, make_sessionmaker, unit_of_work
 from callwarden.store.facts import GLOBAL, BatchFacts
 from callwarden.store.fit import fit, widths
 from callwarden.store.hot import HotStatements
 from callwarden.store.models import Call, Recording, Refusal, utcnow
-from callwarden.store.snapshot import VERSION_COLUMN, SnapshotCache
+from callwarden.store.snapshot import VERSION, SnapshotCache
 
 if TYPE_CHECKING:
     from callwarden.metrics import EnforcerObserver
@@ -54,6 +55,7 @@ log = get_logger("callwarden.decision")
 REPLAY_CHUNK = 200
 # The writer's statements run on the driver's cursor (store.hot: no per-execution overhead).
 _INSERT_CALL = HotStatements(insert(Call))
+_VERSION = HotStatements(VERSION)
 _INSERT_RECORDINGS = HotStatements(insert(Recording))
 # One statement links every new recording of the batch to its call (round trips are what a
 # PostgreSQL batch pays for, more than rows).
@@ -378,25 +380,30 @@ class Enforcer:
         """Decide every attempt of the batch and store them in one transaction, with the
         corrections of earlier decisions (:meth:`abandon`).
 
-        The audit head is locked first: decision transactions on every node then run one
-        after another, so the call history they count is complete (frequency limits stay
-        exact across nodes; in-batch calls are counted by ``BatchFacts``). An attempt whose
-        deadline passes before the writes comes back with None (nothing stored for it)."""
+        The batch's callees are locked first (``store.callee_locks``): a batch of another
+        node to one of them waits, so the call history each counts is complete (frequency
+        limits stay exact across nodes; in-batch calls are counted by ``BatchFacts``). The
+        audit head is locked only to link the entries, after the calls are written, by the
+        server on PostgreSQL: nodes take turns for that last step, not for their deciding. An attempt whose deadline
+        passes before the writes comes back with None (nothing stored for it)."""
         observe = self.settings.mode == "observe"
         results: list[tuple[Pending, Outcome | None]] = []
         # Core only, no ORM session on the hot path. On PostgreSQL one pipeline (hot.pipeline)
-        # and two round trips: the begin, the head lock and the facts together (the server runs
-        # them in order: the facts are read under the lock), then the writes with the commit.
+        # and two round trips: the begin, the callees' locks, the registry version and the
+        # facts (the server runs them in order: the facts are read under the locks); then the
+        # writes, the chain's entries (linked on the server) and the commit.
         with self._batch_transaction() as conn, contextlib.ExitStack() as piped:
             piped.enter_context(hot.pipeline(conn))
             hot.begin(conn)
-            locked = audit.start_lock_head(conn, VERSION_COLUMN)
-            facts = BatchFacts(conn, [p.attempt for p in batch], self.rules)
-            head = locked()
-            registry = self.registry.cached(head.also[0])
+            attempts = [p.attempt for p in batch]
+            lock_callees(conn, (n.digits for a in attempts if (n := a.callee_number) is not None))
+            version = _VERSION.start(conn)
+            facts = BatchFacts(conn, attempts, self.rules)
+            [(at_version,)] = version() or [(None,)]
+            registry = self.registry.cached(at_version)
             if registry is None:  # the registry moved: SQLAlchemy's reads need the pipeline closed
                 piped.close()
-                registry = self.registry.at_version(conn, head.also[0])
+                registry = self.registry.at_version(conn, at_version)
                 piped.enter_context(hot.pipeline(conn))
             decided = []
             for p in batch:
@@ -432,15 +439,18 @@ class Enforcer:
                     "mode": self.settings.mode, "pbx_call_id": a.pbx_call_id,
                 }))
                 results.append((p, Outcome(p.call_id, d, let_through, relpath)))
-            # the corrections too: no round trip of their own
-            if corrections:
-                _correct(conn, corrections)
             if calls:
                 _INSERT_CALL.executemany(conn, calls)
             if recordings:
                 _INSERT_RECORDINGS.executemany(conn, recordings)
                 _LINK_RECORDINGS.execute(conn, {"cids": [r["call_id"] for r in recordings]})
-            audit.extend(conn, head, entries)
+            # Corrections update calls of earlier batches: before the head, the order every
+            # writer keeps (rows, then the head at the end); the other order could deadlock.
+            if corrections:
+                _correct(conn, corrections)
+            # The entries' costly part first; then the head is locked to link them (on
+            # PostgreSQL by the server, in the round trip of the writes and the commit).
+            audit.append_ready(conn, audit.prepare(conn, entries))
             hot.commit(conn)
         return results
 
@@ -563,29 +573,29 @@ class Enforcer:
         """Complete the CDR of the call the PBX reports as over; returns its call id.
 
         Every call pays this once, as it pays a decision: so it runs on the hot statements in
-        three round trips on PostgreSQL (the begin; the head's lock with the update; the entry
-        with the commit and the pipeline's sync), not through the ORM (~5 ms of
-        CPU a call on PostgreSQL, more than the decision). The update also returns what the
-        recording's first storing attempt needs, so that attempt reads nothing itself. The
-        head is locked first, as every writer does (the decision writer locks it, then
-        corrects calls: the other order could deadlock)."""
+        three round trips on PostgreSQL (the begin; the update; the entry with the commit and
+        the pipeline's sync), not through the ORM (~5 ms of CPU a call on PostgreSQL, more
+        than the decision). The update also returns what the recording's first storing
+        attempt needs, so that attempt reads nothing itself. The call's row is locked before
+        the head, as every writer does (the head last, by the server on PostgreSQL: held for
+        no round trip; the other order could deadlock with the decision writer's
+        corrections)."""
         ends = fit(_CALL_WIDTHS, {"disposition": end.disposition, "hangup_cause": end.hangup_cause})
         with self.engine.connect() as conn, conn.begin(), hot.pipeline(conn):
-            locked = audit.start_lock_head(conn)
-            rows = _END_CALL.execute(conn, {  # with the lock: one round trip, run in order
+            rows = _END_CALL.execute(conn, {
                 "e_pbx": end.pbx, "e_pbx_call_id": _pbx_id(end.pbx_call_id),
                 "e_ended_at": end.ended_at, "e_answered_at": end.answered_at,
                 "e_billsec": end.billsec, "e_disposition": ends["disposition"] or None,
                 "e_hangup_cause": ends["hangup_cause"] or None})
-            head = locked()
             if not rows:
                 return None
             [returned] = rows
             recording_id, call_id = returned[0], returned[1]
-            audit.extend(conn, head, [audit.NewEntry("pbx:" + end.pbx, "call_ended", call_id, {
-                "answered_at": end.answered_at, "ended_at": end.ended_at,
-                "billsec": end.billsec, "disposition": end.disposition,
-                "hangup_cause": end.hangup_cause})])
+            audit.append_ready(conn, audit.prepare(conn, [audit.NewEntry(
+                "pbx:" + end.pbx, "call_ended", call_id, {
+                    "answered_at": end.answered_at, "ended_at": end.ended_at,
+                    "billsec": end.billsec, "disposition": end.disposition,
+                    "hangup_cause": end.hangup_cause})]))
             hot.commit(conn)
             recorded = recording_id is not None
         log.info("call_ended", call_id=call_id, pbx=end.pbx, billsec=end.billsec,

@@ -7,10 +7,9 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, event, insert, select, update
+from sqlalchemy import Connection, event, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from callwarden.audit import pseudonym
@@ -26,11 +25,32 @@ def canonical(details: dict[str, Any]) -> str:
 
 def entry_hash(prev_hash: str, seq: int, at: dt.datetime, actor: str, action: str,
                subject: str | None, details: str) -> str:
-    body = canonical({
+    body = _body(seq, at, actor, action, subject, details)
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def _body(seq: int, at: dt.datetime, actor: str, action: str, subject: str | None,
+          details: str) -> str:
+    """What an entry's hash covers after the previous hash (canonical JSON)."""
+    return canonical({
         "seq": seq, "at": at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
         "actor": actor, "action": action, "subject": subject, "details": details,
     })
-    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+#: A sequence number no chain reaches: its digits mark where the seq goes in a body.
+_SEQ_MARK = 9_007_199_254_740_993
+
+
+def _around_seq(at: dt.datetime, actor: str, action: str, subject: str | None,
+                details: str) -> tuple[str, str]:
+    """An entry's body (:func:`_body`) in two parts, before and after its sequence number's
+    digits, for a chain linked on the server (:func:`append_ready`). Only the key ``seq`` is
+    followed by the mark outside a JSON string (inside one, its quotes are escaped)."""
+    before, mark, after = _body(_SEQ_MARK, at, actor, action, subject, details).partition(
+        f'"seq":{_SEQ_MARK}')
+    assert mark, "canonical JSON without its seq"
+    return before + '"seq":', after
 
 
 _HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
@@ -44,7 +64,6 @@ class Head:
 
     seq: int
     hash: str
-    also: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,46 +75,20 @@ class NewEntry:
     at: dt.datetime | None = None
 
 
+_HOT_HEAD, _HOT_NEW_HEAD = HotStatements(_HEAD), HotStatements(insert(AuditHead))
 _HOT_INSERT_ENTRY, _HOT_MOVE_HEAD = HotStatements(_INSERT_ENTRY), HotStatements(_MOVE_HEAD)
-_HOT_NEW_HEAD = HotStatements(insert(AuditHead))
 
 
-@lru_cache(maxsize=8)
-def _also(also: tuple[Any, ...]) -> HotStatements:
-    return HotStatements(select(*also))
-
-
-@lru_cache(maxsize=8)
-def _head_with(also: tuple[Any, ...]) -> HotStatements:
-    """The head's locking read with extra columns, built once (a statement built per call
-    costs its cache-key computation every time)."""
-    return HotStatements(_HEAD.add_columns(*also) if also else _HEAD)
-
-
-def lock_head(conn: Connection, *also: Any) -> Head:
+def lock_head(conn: Connection) -> Head:
     """Lock the chain's head for the rest of the transaction (``FOR UPDATE`` on PostgreSQL;
     SQLite transactions are already exclusive), so that writers on several nodes append one
-    after another. Creates it on a new store. ``also``: scalar subqueries read in the same
-    round trip (:attr:`Head.also`)."""
-    return start_lock_head(conn, *also)()
-
-
-def start_lock_head(conn: Connection, *also: Any) -> Callable[[], Head]:
-    """:func:`lock_head` in two halves: the locking read is sent now, the :class:`Head` is
-    read when the returned function is called. In a PostgreSQL pipeline, reads sent in
-    between run after the lock is granted (a session runs its statements in order) and come
-    back in the same round trip as the head."""
-    rows = _head_with(also).start(conn)
-
-    def head() -> Head:
-        got = rows()
-        if not got:  # hot statements too: this may run inside a PostgreSQL pipeline
-            _HOT_NEW_HEAD.execute(conn, {"id": 1, "seq": 0, "hash": GENESIS})
-            extra = tuple(_also(also).execute(conn)[0]) if also else ()
-            return Head(0, GENESIS, extra)
-        first = got[0]
-        return Head(first[0], first[1], tuple(first[2:]))
-    return head
+    after another. Creates it on a new store. Hot statements: this may run inside a
+    PostgreSQL pipeline (it waits for what is queued before it)."""
+    got = _HOT_HEAD.execute(conn)
+    if not got:
+        _HOT_NEW_HEAD.execute(conn, {"id": 1, "seq": 0, "hash": GENESIS})
+        return Head(0, GENESIS)
+    return Head(got[0][0], got[0][1])
 
 
 def extend(conn: Connection, head: Head, entries: list[NewEntry]) -> list[str]:
@@ -104,18 +97,19 @@ def extend(conn: Connection, head: Head, entries: list[NewEntry]) -> list[str]:
 
     Phone numbers in ``subject``/``details`` are replaced by their keyed hash and masked form
     (``callwarden.audit.pseudonym.protect``), with the key loaded for this store at start-up.
+    :func:`prepare` then :func:`link`, in two steps.
     """
-    return _link(conn, head, _protected(conn, entries))
+    return link(conn, head, prepare(conn, entries))
 
 
 #: An entry ready for the chain: (actor, action, subject, details as canonical JSON, at or None).
 _Ready = tuple[str, str, str | None, str, dt.datetime | None]
 
 
-def _protected(conn: Connection, entries: list[NewEntry]) -> list[_Ready]:
+def prepare(conn: Connection, entries: list[NewEntry]) -> list[_Ready]:
     """What an entry's place in the chain does not change: its numbers pseudonymized and its
-    details serialized (the costly part of an entry; :func:`_append_pending` does it before
-    it locks the head)."""
+    details serialized. The costly part of an entry: writers do it before they lock the head
+    (then :func:`link`), which every node's decisions wait for."""
     key = pseudonym.bound_key(conn.engine)
     ready: list[_Ready] = []
     for e in entries:
@@ -125,24 +119,78 @@ def _protected(conn: Connection, entries: list[NewEntry]) -> list[_Ready]:
     return ready
 
 
-def _link(conn: Connection, head: Head, ready: list[_Ready]) -> list[str]:
-    """Chain ``ready`` entries after ``head`` (locked), insert them and move the head."""
+def link(conn: Connection, head: Head, ready: list[_Ready]) -> list[str]:
+    """Chain ``ready`` entries (:func:`prepare`) after ``head`` (locked by :func:`lock_head`
+    in this transaction), insert them and move the head; returns their hashes in order."""
     if not ready:
         return []
     rows, hashes = [], []
     seq, prev = head.seq, head.hash
     now = utcnow()
-    for actor, action, subject, text, when in ready:
+    for actor, action, subject, details, when in ready:
         at = (when or now).astimezone(dt.UTC)
         seq += 1
-        h = entry_hash(prev, seq, at, actor, action, subject, text)
+        h = entry_hash(prev, seq, at, actor, action, subject, details)
         rows.append({"seq": seq, "at": at, "actor": actor, "action": action,
-                     "subject": subject, "details": text, "prev_hash": prev, "hash": h})
+                     "subject": subject, "details": details, "prev_hash": prev, "hash": h})
         hashes.append(h)
         prev = h
     _HOT_INSERT_ENTRY.executemany(conn, rows)
     _HOT_MOVE_HEAD.execute(conn, {"seq": seq, "hash": prev})
     return hashes
+
+
+# The chain linked on the PostgreSQL server in one statement: lock the head (or start from
+# the genesis on a new store), hash each entry after the previous one (sha256 of the previous
+# hash and the body, the body's parts around the seq made by _around_seq), insert them, move
+# the head. What Python's entry_hash computes; verify_chain checks it like any entry.
+_SERVER_LINK = HotStatements(text("""
+WITH RECURSIVE
+locked AS (SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE),
+head AS (SELECT seq, CAST(hash AS text) AS hash FROM locked
+         UNION ALL SELECT 0, CAST(:genesis AS text) WHERE NOT EXISTS (SELECT 1 FROM locked)),
+entry AS (SELECT * FROM json_to_recordset(CAST(:entries AS json))
+          AS e(n bigint, before text, after text, actor text, action text, subject text,
+               details text, at timestamptz)),
+chain (n, seq, hash, prev_hash) AS (
+    SELECT CAST(0 AS bigint), seq, hash, CAST(NULL AS text) FROM head
+    UNION ALL
+    SELECT e.n, c.seq + 1,
+           encode(sha256(convert_to(c.hash || e.before || CAST(c.seq + 1 AS text) || e.after,
+                                    'UTF8')), 'hex'),
+           c.hash
+    FROM chain AS c JOIN entry AS e ON e.n = c.n + 1),
+added AS (INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash)
+          SELECT c.seq, e.at, e.actor, e.action, e.subject, e.details, c.prev_hash, c.hash
+          FROM chain AS c JOIN entry AS e ON e.n = c.n)
+INSERT INTO audit_head (id, seq, hash)
+SELECT 1, seq, hash FROM chain ORDER BY n DESC LIMIT 1
+ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash"""))
+
+
+def append_ready(conn: Connection, ready: list[_Ready]) -> None:
+    """Add ``ready`` entries (:func:`prepare`) at the end of the chain, in this transaction.
+
+    PostgreSQL: one statement that the server runs whole (:data:`_SERVER_LINK`): the head is
+    locked there, not across a round trip to this process, and held only from that
+    statement to the commit; inside a pipeline the statement is only queued. Elsewhere
+    :func:`lock_head` then :func:`link`. Entries without a time get this moment's, taken
+    before the lock."""
+    if not ready:
+        return
+    if conn.dialect.name != "postgresql":
+        link(conn, lock_head(conn), ready)
+        return
+    now = utcnow()
+    rows = []
+    for n, (actor, action, subject, details, when) in enumerate(ready, 1):
+        at = (when or now).astimezone(dt.UTC)
+        before, after = _around_seq(at, actor, action, subject, details)
+        rows.append({"n": n, "before": before, "after": after, "actor": actor, "action": action,
+                     "subject": subject, "details": details,
+                     "at": at.isoformat(timespec="microseconds")})
+    # One JSON text, not arrays: psycopg escapes every element of a text array in Python.
+    _SERVER_LINK.execute(conn, {"genesis": GENESIS, "entries": json.dumps(rows)})
 
 
 def append(session: Session, actor: str, action: str, subject: str | None = None,
@@ -171,8 +219,8 @@ def _append_pending(session: Session) -> None:
     entries = session.info.pop(_AT_COMMIT, None)
     if entries:
         conn = session.connection()
-        ready = _protected(conn, entries)  # before the lock: decisions wait for the head
-        _link(conn, lock_head(conn), ready)
+        ready = prepare(conn, entries)  # before the lock: decisions wait for the head
+        link(conn, lock_head(conn), ready)
 
 
 @event.listens_for(Session, "after_rollback")

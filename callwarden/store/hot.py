@@ -252,8 +252,9 @@ def pipeline(conn: Connection) -> Iterator[None]:
     """PostgreSQL: the statements run inside go to the server without waiting for each
     other (psycopg's pipeline mode; a statement whose rows are read waits for what is queued
     before it; leaving the block syncs, which waits for everything). A decision batch is then
-    two round trips (:func:`begin`, the head lock and the facts read together; the writes, the
-    queued :func:`commit` and the closing sync). SQLite: nothing changes. Errors that surface
+    two round trips (:func:`begin`, the callees' locks and the facts read together; the
+    writes, the chain's entries, the queued :func:`commit` and the closing sync). SQLite:
+    nothing changes. Errors that surface
     when the pipeline is synced come back as ``DBAPIError``."""
     if conn.dialect.name != "postgresql" or not _pipeline_supported():
         yield

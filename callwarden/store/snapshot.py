@@ -28,8 +28,6 @@ from callwarden.store.models import (
 )
 
 VERSION = select(RegistryVersion.version).where(RegistryVersion.id == 1)
-#: The version as a column of another statement (one round trip less per decision batch).
-VERSION_COLUMN = VERSION.scalar_subquery().label("registry_version")
 
 _TENANTS = select(Tenant.id, Tenant.status, Tenant.outbound_commitment)
 _NUMBERS = select(AccessNumber.number, AccessNumber.tenant_id, AccessNumber.outbound,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from callwarden.store import audit
@@ -106,3 +108,44 @@ def test_a_long_transaction_holds_the_chain_head_only_for_its_commit(store_url):
     with factory() as s:
         assert s.get(audit.AuditHead, 1).seq == 2
     engine.dispose()
+
+
+#: Entries whose bodies are awkward to split around the seq or to hash elsewhere than Python:
+#: no subject, Chinese, quotes and backslashes, the seq mark's own digits inside strings, a
+#: given time and none.
+_AWKWARD = [
+    audit.NewEntry("pbx:asterisk", "decision", None, {"note": "无主题"}),
+    audit.NewEntry("admin", "thing.done", 'quo"te\\back', {"s": '"seq":9007199254740993,'}),
+    audit.NewEntry("tester", "thing.done", "9007199254740993", {"n": 9007199254740993},
+                   at=dt.datetime(2026, 3, 2, 10, 0, 0, 123456, tzinfo=dt.UTC)),
+    audit.NewEntry("租户", "decision", "subject", {}),
+]
+
+
+def _ready_entries(factory) -> None:
+    """The awkward entries through append_ready (linked by the server on PostgreSQL)."""
+    with unit_of_work(factory) as s:
+        conn = s.connection()
+        audit.append_ready(conn, audit.prepare(conn, _AWKWARD))
+
+
+def test_entries_linked_by_the_server_hash_as_python_does(store_url):
+    """PostgreSQL links a decision batch's entries in SQL (sha256 on the server); the chain
+    must be the one Python computes and verify_chain checks, between entries Python linked,
+    on a new store too (no head yet: the genesis)."""
+    factory = make_sessionmaker(make_engine(store_url))
+    _ready_entries(factory)  # first of all: the head is made
+    with unit_of_work(factory) as s:
+        audit.append(s, "tester", "between", "x", {"i": 1})
+    _ready_entries(factory)
+    with factory() as s:
+        assert audit.verify_chain(s) == []
+        rows = s.scalars(select(audit.AuditEntry).order_by(audit.AuditEntry.seq)).all()
+        assert [r.seq for r in rows] == list(range(1, 10))
+        assert rows[0].prev_hash == audit.GENESIS
+        for r in rows:  # every hash recomputed by Python, independently of verify_chain
+            assert r.hash == audit.entry_hash(r.prev_hash, r.seq, r.at, r.actor, r.action,
+                                              r.subject, r.details)
+        assert rows[2].at == _AWKWARD[2].at
+        head = s.get(audit.AuditHead, 1)
+        assert (head.seq, head.hash) == (9, rows[-1].hash)

@@ -13,6 +13,7 @@ from callwarden.audit.snapshot import snapshot
 from callwarden.policy import CallAttempt
 from callwarden.service.enforcer import CallEnd, Enforcer, InboundCall
 from callwarden.store.audit import verify_chain
+from callwarden.store.callee_locks import LOCK_CLASS
 from callwarden.store.models import AuditEntry, Call, Recording
 from tests.conftest import at, seed
 
@@ -194,6 +195,8 @@ def test_unreachable_store_fails_closed_in_time(make_settings):
 def test_locked_sqlite_store_fails_closed(sqlite_url, make_settings):
     seed(sqlite_url)
     e = Enforcer(make_settings(sqlite_url, decision_timeout_ms=100))
+    # warm (registry, statements): the recovery below then has its 100 ms for itself
+    e.decide(attempt(callee="13800138001"))
     import sqlite3
 
     path = sqlite_url.removeprefix("sqlite:///")
@@ -446,11 +449,12 @@ def _waits(trace: str) -> int:
 
 def test_decision_and_call_end_wait_for_postgresql_two_and_three_times(enforcer, tmp_path):
     """PostgreSQL (libpq's protocol trace): a decision batch waits for the server twice (the
-    begin, the head's lock and the facts, run in that order; then the writes with the COMMIT
+    begin, the callees' locks, the registry version and the facts, run in that order; then
+    the writes, the chain's entries linked by the server under the head's lock, the COMMIT
     and the pipeline's sync), a call's end three times (the begin, which psycopg syncs; the
-    lock with the CDR's update; the audit entry with the commit). Each wait is a round trip,
-    made holding the audit head's lock that every node's decisions take in turn, but for the
-    call end's begin. The outcome is the same: stored, committed, the chain intact."""
+    CDR's update; the audit entry, linked by the server, with the commit). Neither waits
+    holding the audit head's lock, which every node's writers take in turn. The outcome is
+    the same: stored, committed, the chain intact."""
     if enforcer.engine.dialect.name != "postgresql":
         pytest.skip("SQLite has no round trips")
     import threading
@@ -501,8 +505,8 @@ def test_decision_and_call_end_wait_for_postgresql_two_and_three_times(enforcer,
 
 def test_a_batch_that_fails_after_its_begin_leaves_no_transaction_open(enforcer, monkeypatch):
     """The writer opens its transaction itself on PostgreSQL (BEGIN queued in the pipeline):
-    a batch that fails after it must not leave the connection in a transaction holding the
-    audit head's lock, which every node's decisions wait for. Fail closed, then decide again."""
+    a batch that fails after it must not leave the connection in a transaction holding its
+    callees' locks, which other nodes' decisions wait for. Fail closed, then decide again."""
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError
 
@@ -510,7 +514,7 @@ def test_a_batch_that_fails_after_its_begin_leaves_no_transaction_open(enforcer,
 
     class Broken(mod.BatchFacts):
         def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)  # the BEGIN and the head's lock are on their way
+            super().__init__(*a, **kw)  # the BEGIN and the callee's lock are on their way
             raise OperationalError("SELECT", {}, Exception("connection trouble"))
 
     enforcer.decide(attempt(callee="13800138001"))
@@ -521,6 +525,9 @@ def test_a_batch_that_fails_after_its_begin_leaves_no_transaction_open(enforcer,
         with enforcer.engine.connect() as other:
             other.execute(text("SET lock_timeout = '1s'"))
             other.execute(text("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")).all()
+            assert other.execute(text(
+                "SELECT pg_try_advisory_xact_lock(:cls, hashtext(current_schema() || ':' || :c))"),
+                {"cls": LOCK_CLASS, "c": "13800138000"}).scalar_one()
             other.rollback()
             assert other.execute(text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
