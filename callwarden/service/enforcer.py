@@ -55,7 +55,6 @@ log = get_logger("callwarden.decision")
 REPLAY_CHUNK = 200
 # The writer's statements run on the driver's cursor (store.hot: no per-execution overhead).
 _INSERT_CALL = HotStatements(insert(Call))
-_VERSION = HotStatements(VERSION)
 _INSERT_RECORDINGS = HotStatements(insert(Recording))
 # One statement links every new recording of the batch to its call (round trips are what a
 # PostgreSQL batch pays for, more than rows).
@@ -396,10 +395,10 @@ class Enforcer:
             piped.enter_context(hot.pipeline(conn))
             hot.begin(conn)
             attempts = [p.attempt for p in batch]
-            lock_callees(conn, (n.digits for a in attempts if (n := a.callee_number) is not None))
-            version = _VERSION.start(conn)
+            version = lock_callees(conn, (n.digits for a in attempts
+                                          if (n := a.callee_number) is not None), VERSION)
             facts = BatchFacts(conn, attempts, self.rules)
-            [(at_version,)] = version() or [(None,)]
+            at_version = version()
             registry = self.registry.cached(at_version)
             if registry is None:  # the registry moved: SQLAlchemy's reads need the pipeline closed
                 piped.close()

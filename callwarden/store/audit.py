@@ -207,10 +207,10 @@ _AT_COMMIT = "callwarden.audit.at_commit"
 def append_at_commit(session: Session, actor: str, action: str, subject: str | None = None,
                      details: dict[str, Any] | None = None) -> None:
     """Add one entry to the chain when ``session``'s transaction commits (dropped if it rolls
-    back). The head is then locked for the last statements only, not from here to the commit:
-    decisions on every node wait for that lock, so a background writer with long
-    transactions (purge, detector, reconciliation) must not hold it while it works. The
-    entry's time is the commit's, like every other entry's."""
+    back). The head is then locked for the last statement only (:func:`append_ready`), not
+    from here to the commit: decisions on every node wait for that lock, so a background
+    writer with long transactions (purge, detector, reconciliation) must not hold it while
+    it works. The entry's time is the commit's, like every other entry's."""
     session.info.setdefault(_AT_COMMIT, []).append(NewEntry(actor, action, subject, details))
 
 
@@ -219,8 +219,7 @@ def _append_pending(session: Session) -> None:
     entries = session.info.pop(_AT_COMMIT, None)
     if entries:
         conn = session.connection()
-        ready = prepare(conn, entries)  # before the lock: decisions wait for the head
-        link(conn, lock_head(conn), ready)
+        append_ready(conn, prepare(conn, entries))  # prepared before the lock: decisions wait
 
 
 @event.listens_for(Session, "after_rollback")

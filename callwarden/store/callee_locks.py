@@ -16,9 +16,11 @@ a decision transaction holds the database's write lock (``BEGIN IMMEDIATE``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Integer, Select, func, select, text
 
 from callwarden.store.hot import HotStatements
 
@@ -26,18 +28,43 @@ from callwarden.store.hot import HotStatements
 LOCK_CLASS = 0x637763
 
 # DISTINCT and ORDER BY keep the subquery whole (not flattened): the locks are taken in the
-# order of its rows.
-_LOCK = HotStatements(text(
-    "SELECT pg_advisory_xact_lock(CAST(:cls AS integer), k) FROM ("
+# order of its rows. The callees come as one comma-separated text (digits only), cheaper for
+# psycopg to adapt than a list.
+_LOCKED = text(
+    "SELECT pg_advisory_xact_lock(CAST(:cls AS integer), k) AS locked FROM ("
     "SELECT DISTINCT hashtext(current_schema() || ':' || c) AS k "
-    "FROM unnest(CAST(:callees AS text[])) AS c ORDER BY k) AS keys"))
+    "FROM unnest(string_to_array(CAST(:callees AS text), ',')) AS c ORDER BY k) AS keys"
+).columns(locked=Integer).subquery("locks")
 
 
-def lock_callees(conn: Connection, callees: Iterable[str]) -> None:
-    """Take the locks of ``callees`` (digits) for the rest of ``conn``'s transaction; waits
-    for a batch of another node that holds one of them. Inside a PostgreSQL pipeline this is
-    only queued: statements sent after it run once the locks are granted."""
+@lru_cache(maxsize=8)
+def _statements(read: Select[Any]) -> tuple[HotStatements, HotStatements]:
+    """``read`` alone, and ``read`` with the locks (count(*) still runs the volatile lock
+    function for each row), built once."""
+    locking = select(read.scalar_subquery(),
+                     select(func.count()).select_from(_LOCKED).scalar_subquery())
+    return HotStatements(read), HotStatements(locking)
+
+
+def lock_callees(conn: Connection, callees: Iterable[str],
+                 read: Select[Any]) -> Callable[[], Any]:
+    """Take the locks of ``callees`` (digits) for the rest of ``conn``'s transaction, waiting
+    for a batch of another node that holds one of them, and run ``read`` (one row, one
+    column) in the same statement: one statement less per batch. Returns a function that
+    gives ``read``'s value (None without a row). ``read`` sees the store as of the
+    statement's start, before any wait for a lock; statements sent after this one run once
+    the locks are granted. Inside a PostgreSQL pipeline nothing waits until that function
+    is called. SQLite, or no callee: ``read`` alone."""
     wanted = sorted(set(callees))
+    alone, locking = _statements(read)
     if not wanted or conn.dialect.name != "postgresql":
-        return
-    _LOCK.start(conn, {"cls": LOCK_CLASS, "callees": wanted})
+        rows = alone.start(conn)
+    else:
+        if any(not c.isdigit() for c in wanted):  # normalized numbers: never; never split one
+            raise ValueError("callee locks take digits only")
+        rows = locking.start(conn, {"cls": LOCK_CLASS, "callees": ",".join(wanted)})
+
+    def value() -> Any:
+        got = rows()
+        return got[0][0] if got else None
+    return value
