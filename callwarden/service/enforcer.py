@@ -383,8 +383,9 @@ class Enforcer:
         node to one of them waits, so the call history each counts is complete (frequency
         limits stay exact across nodes; in-batch calls are counted by ``BatchFacts``). The
         audit head is locked only to link the entries, after the calls are written, by the
-        server on PostgreSQL: nodes take turns for that last step, not for their deciding. An attempt whose deadline
-        passes before the writes comes back with None (nothing stored for it)."""
+        server on PostgreSQL: nodes take turns for that last step, not for their deciding.
+        An attempt whose deadline passes before the writes comes back with None (nothing
+        stored for it)."""
         observe = self.settings.mode == "observe"
         results: list[tuple[Pending, Outcome | None]] = []
         # Core only, no ORM session on the hot path. On PostgreSQL one pipeline (hot.pipeline)

@@ -254,8 +254,8 @@ def pipeline(conn: Connection) -> Iterator[None]:
     before it; leaving the block syncs, which waits for everything). A decision batch is then
     two round trips (:func:`begin`, the callees' locks and the facts read together; the
     writes, the chain's entries, the queued :func:`commit` and the closing sync). SQLite:
-    nothing changes. Errors that surface
-    when the pipeline is synced come back as ``DBAPIError``."""
+    nothing changes. Errors that surface when the pipeline is synced come back as
+    ``DBAPIError``."""
     if conn.dialect.name != "postgresql" or not _pipeline_supported():
         yield
         return

@@ -99,7 +99,7 @@ def test_a_batch_to_other_callees_is_stored_while_another_node_decides(nodes, he
     other, other_out = in_thread(b, attempt("other", callee="13800138002"))
     other.join(15)  # it waits for nothing of a's: with the head locked from the facts, forever
     assert other_out and other_out[0].call_id, "b waited for a's deciding"
-    assert not first.join(0) and not first_out  # a is still deciding meanwhile
+    assert first.is_alive() and not first_out  # a is still deciding meanwhile
 
     release.set()
     first.join(20)
