@@ -5,9 +5,10 @@ simulator's ``AgiCall``, real TCP, in this process):
 
   baseline    panoramisk's stock ``Application`` with one route that only answers
               ``SET VARIABLE CALLWARDEN_DECISION allow``: the floor for any AGI-based module
-  callwarden  the real server (``AsteriskAdapter``) on SQLite and on PostgreSQL: reads the
-              channel variables, decides (facts, CDR row, audit-chain entry, commit), starts
-              MixMonitor, sets the result variables
+  callwarden  the real server (``AsteriskAdapter``) on SQLite and on PostgreSQL: takes the
+              channel values from the AGI arguments as the shipped subroutine passes them
+              (``--read-values``: reads them, one round trip more), decides (facts, CDR row,
+              audit-chain entry, commit), starts MixMonitor, sets the result variables
 
 Modes (all print the baseline beside callwarden, from the same run; no assertions on time):
 
@@ -81,6 +82,12 @@ CALLEES = 5000
 TIMING = AgiTiming(env_split_pause=0, usage_pause=0, answer_delay=0, wait_scale=0)
 VARIABLES = {"CALLWARDEN_TENANT": "acme", "CALLWARDEN_TRUNK": "ct-trunk-1",
              "CALLWARDEN_CAMPAIGN": "renewals"}
+#: What the shipped subroutine (config/asterisk/extensions_callwarden.conf) passes after the
+#: callee: the four values as arguments, which spares callwarden the round trip reading them.
+#: ``--read-values`` passes the callee alone (a dialplan calling AGI() directly).
+PASSED = tuple(f"{key}={VARIABLES.get('CALLWARDEN_' + key.upper(), '')}"
+               for key in ("tenant", "trunk", "campaign", "purpose"))
+AGI_ARGS = {"passed": PASSED}
 #: The tenant whose telemarketing the background detector pass finds (never called here).
 RENTER, RENTER_ACCESS = "beta", "01058001234"
 #: CDRs past retention the background purge deletes, inserted per round.
@@ -333,7 +340,7 @@ class Figures:
 
 async def place(pbx: Pbx, port: int, n: int, figures: Figures) -> None:
     """One outbound set-up; its latency and outcome go into ``figures``."""
-    call = AgiCall(port, script="outbound", args=(callee(n % CALLEES),), pbx=pbx,
+    call = AgiCall(port, script="outbound", args=(callee(n % CALLEES), *AGI_ARGS["passed"]), pbx=pbx,
                    variables=VARIABLES, callerid_num="95512", timing=TIMING)
     started = time.perf_counter()
     result = await call.run(timeout=15)
@@ -544,7 +551,9 @@ def bench_backend(label: str, url: str, workdir: str, args: argparse.Namespace) 
     servers = {"baseline": start(serve_baseline), "callwarden": start(serve_callwarden, url, workdir)}
     try:
         print(f"\nFastAGI outbound route, {os.cpu_count()} CPUs, {label} store with {CALLEES} "
-              "consented callees; latency = whole AGI session (connect -> server closes)")
+              "consented callees; latency = whole AGI session (connect -> server closes); AGI "
+              + ("arguments: the callee and the four values, as the shipped subroutine passes"
+                 if AGI_ARGS["passed"] else "argument: the callee alone (values read)"))
         for _, port in servers.values():  # warm up: connections, caches, pages
             asyncio.run(closed_loop([port], 4, 1.0))
         background = Background(url if args.background else None, workdir,
@@ -606,7 +615,12 @@ def main() -> None:
                              "to back, a whole CPU of store writes)")
     parser.add_argument("--nodes", type=int, default=1, help="PostgreSQL: callwarden servers")
     parser.add_argument("--nodes-concurrency", type=int, default=50)
+    parser.add_argument("--read-values", action="store_true",
+                        help="AGI arguments: the callee alone, not the shipped subroutine's "
+                             "four values too (callwarden reads them: one round trip more)")
     args = parser.parse_args()
+    if args.read_values:
+        AGI_ARGS["passed"] = ()
 
     with tempfile.TemporaryDirectory(prefix="bench_agi_") as workdir:
         for backend in args.backends.split(","):

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.sim.asterisk import separate_app_args
+
 
 class Unsupported(Exception):
     """The snippet uses something this interpreter (and so the tests) does not cover."""
@@ -207,21 +209,8 @@ def _atom(tokens: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str]]]:
 # -- running a subroutine ----------------------------------------------------------------------
 
 
-def _args(data: str) -> list[str]:
-    """Application arguments split on top-level commas (parentheses nest)."""
-    args, depth, cur = [], 0, []
-    for ch in data:
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        if ch == "," and depth == 0:
-            args.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    args.append("".join(cur))
-    return args
+#: res_agi.c's MAX_ARGS: AGI() splits its argument into at most this many.
+AGI_MAX_ARGS = 128
 
 
 def _interpret(steps: list[Step], args: list[str], channel: Mapping[str, str],
@@ -249,7 +238,9 @@ def _interpret(steps: list[Step], args: list[str], channel: Mapping[str, str],
                 raise Unsupported(f"Set without '=': {step.data!r}")
             variables[name.strip()] = substitute(value, variables)
         elif app == "agi":
-            url, *agi_args = [substitute(a, variables) for a in _args(step.data)]
+            # as Asterisk does: substitute the whole argument, then split it the way every
+            # application does (quotes and backslashes removed; a comma in a value splits it)
+            url, *agi_args = separate_app_args(substitute(step.data, variables), ",", AGI_MAX_ARGS)
             outcome.agi_calls.append((url, agi_args))
             variables.update((yield url, agi_args, dict(variables)))
         elif app == "gotoif":

@@ -91,7 +91,14 @@ def test_outbound_fails_closed(agi, channel: dict[str, str], cause: str) -> None
 def test_outbound_proceeds_on_allow_or_observed_deny(agi) -> None:
     outcome = outbound(agi)
     assert outcome.proceeds, outcome.trace
-    assert outcome.agi_calls == [("agi://127.0.0.1:4573/outbound", [CONSENTED])]
+    # the values go as arguments too (unset ones empty), sparing callwarden a round trip
+    assert outcome.agi_calls == [("agi://127.0.0.1:4573/outbound", [
+        CONSENTED, "tenant=", "trunk=", "campaign=", "purpose="])]
+    with_values = run_subroutine(CONTEXTS["callwarden-outbound"], args=[CONSENTED], agi=agi,
+                                 channel={"CALLWARDEN_TENANT": TENANT, "CALLWARDEN_TRUNK": TRUNK,
+                                          "CALLWARDEN_CAMPAIGN": "a,b"})
+    assert with_values.agi_calls[0][1] == [  # Asterisk splits a value at its comma
+        CONSENTED, f"tenant={TENANT}", f"trunk={TRUNK}", "campaign=a", "b", "purpose="]
 
 
 @pytest.mark.parametrize("context, agi, channel, proceeds", [
@@ -129,14 +136,19 @@ def test_interpreter_refuses_what_it_does_not_understand(tmp_path: Path) -> None
 # -- the snippet around the real server ----------------------------------------------------------
 
 
-def sim_agi(port: int, pbx: Pbx, callerid: str, route: str | None = None):
+def sim_agi(port: int, pbx: Pbx, callerid: str, route: str | None = None,
+            seen: list[AgiCall] | None = None):
     """The AGI step performed by the Asterisk simulator on the snippet's channel variables
-    (``route`` overrides the route in the snippet's URL; the port is the test server's)."""
+    (``route`` overrides the route in the snippet's URL; the port is the test server's; each
+    AGI run is appended to ``seen``)."""
 
     async def agi(url: str, args: list[str], channel: dict[str, str]) -> dict[str, str]:
         chan = Channel(variables=dict(channel), callerid_num=callerid)
-        result = await AgiCall(port, script=route or url.rsplit("/", 1)[1], args=args, pbx=pbx,
-                               channel=chan).run(timeout=10)
+        call = AgiCall(port, script=route or url.rsplit("/", 1)[1], args=args, pbx=pbx,
+                       channel=chan)
+        result = await call.run(timeout=10)
+        if seen is not None:
+            seen.append(call)
         return {"AGISTATUS": result.status, **{k: v for k, v in result.variables.items()
                                                if k.startswith("CALLWARDEN_")}}
 
@@ -149,9 +161,20 @@ def test_snippet_with_real_server(make_settings, seeded_url) -> None:
 
     async def body() -> None:
         async with rig(make_settings, seeded_url, with_ami=False) as r:
-            agi = sim_agi(r.port, r.pbx, CALLER)
+            seen: list[AgiCall] = []
+            agi = sim_agi(r.port, r.pbx, CALLER, seen=seen)
             allowed = await arun_subroutine(steps, args=[CONSENTED], channel=base, agi=agi)
             assert allowed.proceeds, allowed.trace
+            # the values came as arguments: MixMonitor, MSet, the read-back; nothing read first
+            assert [c.split(" ", 2)[:2] for c in seen[-1].result.commands] == [
+                ["EXEC", "MixMonitor"], ["EXEC", "MSet"], ["GET", "FULL"]]
+            assert r.call_row(seen[-1].channel.uniqueid).campaign == CAMPAIGN
+            # a value with a comma reaches callwarden split: it reads the channel instead
+            odd = await arun_subroutine(steps, args=[CONSENTED], agi=agi,
+                                        channel={**base, "CALLWARDEN_CAMPAIGN": "renewals,x"})
+            assert not odd.proceeds and odd.variables["CALLWARDEN_REASONS"] == "CAMPAIGN_NOT_APPROVED"
+            assert seen[-1].result.commands[0].startswith("GET FULL VARIABLE")
+            assert r.call_row(seen[-1].channel.uniqueid).campaign == "renewals,x"
             denied = await arun_subroutine(steps, args=[REFUSED], channel=base, agi=agi)
             assert denied.how == "hangup" and denied.variables["AGISTATUS"] == "HANGUP"
             unknown = sim_agi(r.port, r.pbx, CALLER, route="no-such-route")

@@ -14,10 +14,12 @@ from structlog.testing import capture_logs
 from callwarden.policy import reason
 from tests.agi.harness import (
     CALLER,
+    CAMPAIGN,
     CONSENTED,
     CST,
     REFUSED,
     TENANT,
+    TRUNK,
     fixed_clock,
     record_like_mixmonitor,
     rig,
@@ -243,6 +245,81 @@ def test_channel_values_are_read_in_one_round_trip(make_settings, seeded_url) ->
                 "GET VARIABLE CALLWARDEN_CAMPAIGN", "GET VARIABLE CALLWARDEN_PURPOSE",
                 "GET VARIABLE CALLERID(num)", "GET VARIABLE CALLERPRES()"]
             assert r.call_row(odd.channel.uniqueid).campaign == "renewals|~|x"
+
+    run(body())
+
+
+#: The arguments the shipped subroutine passes after the callee.
+def passed(tenant: str = TENANT, trunk: str = TRUNK, campaign: str = CAMPAIGN,
+           purpose: str = "") -> tuple[str, ...]:
+    return (f"tenant={tenant}", f"trunk={trunk}", f"campaign={campaign}", f"purpose={purpose}")
+
+
+def test_values_passed_as_arguments_spare_the_read(make_settings, seeded_url) -> None:
+    """With the four values in the AGI arguments (the shipped subroutine's form) a recorded
+    call takes three commands, none of them a read of the values; the arguments, not the
+    channel variables, are what the decision and the call row hold, and the caller ID and its
+    presentation are the environment's."""
+
+    async def body() -> None:
+        async with rig(make_settings, seeded_url, with_ami=False) as r:
+            stale = {"CALLWARDEN_TENANT": "nobody", "CALLWARDEN_CAMPAIGN": "stale"}
+            call = r.agi_call(args=(CONSENTED, *passed(purpose="notification")), variables=stale)
+            result = await call.run(timeout=10)
+            assert result.variables["CALLWARDEN_DECISION"] == "allow"
+            assert [c.split(" ", 2)[:2] for c in result.commands] == [
+                ["EXEC", "MixMonitor"], ["EXEC", "MSet"], ["GET", "FULL"]]
+            row = r.call_row(call.channel.uniqueid)
+            assert (row.tenant_id, row.trunk, row.campaign, row.purpose) == (
+                TENANT, TRUNK, CAMPAIGN, "notification")
+            assert row.caller == CALLER
+
+            # an empty value is an unset one, as when read: no campaign
+            call = r.agi_call(args=(CONSENTED, *passed(campaign="")))
+            result = await call.run(timeout=10)
+            assert len(result.commands) == 3
+            assert r.call_row(call.channel.uniqueid).campaign is None
+
+            hidden = await r.agi_call(args=(CONSENTED, *passed()),
+                                      callerid_pres="prohib_not_screened").run(timeout=10)
+            assert hidden.variables["CALLWARDEN_REASONS"].startswith("CID_HIDDEN")
+            assert not any(c.startswith("GET FULL VARIABLE \"${CALLWARDEN_TENANT}")
+                           for c in hidden.commands)
+            no_cid = await r.agi_call(args=(CONSENTED, *passed()), callerid_num=None).run(timeout=10)
+            assert no_cid.variables["CALLWARDEN_REASONS"].startswith("CID_HIDDEN")
+
+    run(body())
+
+
+#: The subroutine's arguments, but naming a campaign the channel does not: trusting them
+#: would show in the call row.
+OTHER = passed(campaign="other")
+
+
+@pytest.mark.parametrize("args", [
+    OTHER[:3],                                    # one missing
+    (*OTHER[:2], "campaign=a", "b", OTHER[3]),    # a value Asterisk split at a comma
+    ("tennant=" + TENANT, *OTHER[1:]),            # a key it does not know
+    (*OTHER, "campaign=x"),                       # one key twice
+    (*OTHER, "lead=7"),                           # something after them
+    ("", *OTHER),                                 # an empty argument first
+    ("tenant", *OTHER[1:]),                       # no '='
+])
+def test_arguments_not_exactly_the_subroutines_are_not_trusted(make_settings, seeded_url,
+                                                               args) -> None:
+    """Anything but exactly the four keys, once each, is ignored whole: the values are read
+    from the channel (one round trip, as without arguments) and a warning says why."""
+
+    async def body() -> None:
+        async with rig(make_settings, seeded_url, with_ami=False) as r:
+            with capture_logs() as logs:
+                call = r.agi_call(args=(CONSENTED, *args))
+                result = await call.run(timeout=10)
+            assert result.commands[0].startswith('GET FULL VARIABLE "${CALLWARDEN_TENANT}')
+            assert result.variables["CALLWARDEN_DECISION"] == "allow"
+            assert r.call_row(call.channel.uniqueid).campaign == CAMPAIGN
+            assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+                "agi_arguments_not_used"]
 
     run(body())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from callwarden.agi.presentation import is_hidden_presentation
@@ -19,6 +20,32 @@ _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/@+=~-]+", re.ASCII)
 async def read_variables(session: AgiSession, *names: str) -> dict[str, str | None]:
     """Channel variables by name, in one round trip; unset and empty both read as None."""
     return dict(zip(names, await session.get_variables(*names), strict=True))
+
+
+def passed_values(session: AgiSession, keys: Mapping[str, str],
+                  first: int = 2) -> dict[str, str | None] | None:
+    """Channel values the dialplan passed as AGI arguments ``key=value``, by variable name
+    (``keys`` maps each key to its variable); empty reads as None, as when read.
+
+    Only the exact form the shipped subroutine sends counts: arguments ``first`` onwards are
+    each of ``keys`` once, in any order, and nothing else. Anything else (not passed, a value
+    with a comma that Asterisk split into two arguments, an unknown or repeated key) gives
+    None and the route reads the variables from the channel instead, so an argument can never
+    stand for a value it does not hold whole.
+    """
+    if f"agi_arg_{first}" not in session.headers:
+        return None
+    values: dict[str, str | None] = {}
+    for n in range(first, first + len(keys) + 1):
+        argument = session.headers.get(f"agi_arg_{n}")
+        if argument is None:
+            break
+        key, sep, value = argument.partition("=")
+        name = keys.get(key)
+        if not sep or name is None or name in values:
+            return None
+        values[name] = value or None
+    return values if len(values) == len(keys) else None
 
 
 def caller_hidden(session: AgiSession, callerpres: str | None) -> bool:
