@@ -573,34 +573,38 @@ class Enforcer:
         """Complete the CDR of the call the PBX reports as over; returns its call id.
 
         Every call pays this once, as it pays a decision: so it runs on the hot statements in
-        three round trips on PostgreSQL (the begin; the update; the entry with the commit and
-        the pipeline's sync), not through the ORM (~5 ms of CPU a call on PostgreSQL, more
+        two round trips on PostgreSQL (the begin queued with the update; the entry with the
+        commit and the pipeline's sync), not through the ORM (~5 ms of CPU a call on PostgreSQL, more
         than the decision). The update also returns what the recording's first storing
         attempt needs, so that attempt reads nothing itself. The call's row is locked before
         the head, as every writer does (the head last, by the server on PostgreSQL: held for
         no round trip; the other order could deadlock with the decision writer's
         corrections)."""
         ends = fit(_CALL_WIDTHS, {"disposition": end.disposition, "hangup_cause": end.hangup_cause})
-        with self.engine.connect() as conn, conn.begin(), hot.pipeline(conn):
-            rows = _END_CALL.execute(conn, {
-                "e_pbx": end.pbx, "e_pbx_call_id": _pbx_id(end.pbx_call_id),
-                "e_ended_at": end.ended_at, "e_answered_at": end.answered_at,
-                "e_billsec": end.billsec, "e_disposition": ends["disposition"] or None,
-                "e_hangup_cause": ends["hangup_cause"] or None})
-            if not rows:
-                return None
-            [returned] = rows
-            recording_id, call_id = returned[0], returned[1]
-            audit.append_ready(conn, audit.prepare(conn, [audit.NewEntry(
-                "pbx:" + end.pbx, "call_ended", call_id, {
-                    "answered_at": end.answered_at, "ended_at": end.ended_at,
-                    "billsec": end.billsec, "disposition": end.disposition,
-                    "hangup_cause": end.hangup_cause})]))
-            hot.commit(conn)
-            recorded = recording_id is not None
+        with self.engine.connect() as conn:
+            # the BEGIN goes with the update (psycopg's own waits for the server); the pool
+            # gives the connection back its isolation level when it is checked in
+            hot.explicit_transactions(conn)
+            with conn.begin(), hot.pipeline(conn):
+                hot.begin(conn)
+                rows = _END_CALL.execute(conn, {
+                    "e_pbx": end.pbx, "e_pbx_call_id": _pbx_id(end.pbx_call_id),
+                    "e_ended_at": end.ended_at, "e_answered_at": end.answered_at,
+                    "e_billsec": end.billsec, "e_disposition": ends["disposition"] or None,
+                    "e_hangup_cause": ends["hangup_cause"] or None})
+                if not rows:
+                    return None
+                [returned] = rows
+                recording_id, call_id = returned[0], returned[1]
+                audit.append_ready(conn, audit.prepare(conn, [audit.NewEntry(
+                    "pbx:" + end.pbx, "call_ended", call_id, {
+                        "answered_at": end.answered_at, "ended_at": end.ended_at,
+                        "billsec": end.billsec, "disposition": end.disposition,
+                        "hangup_cause": end.hangup_cause})]))
+                hot.commit(conn)
         log.info("call_ended", call_id=call_id, pbx=end.pbx, billsec=end.billsec,
                  disposition=end.disposition, hangup_cause=end.hangup_cause)
-        if recorded:  # after the commit: the CDR stands whatever happens to the file
+        if recording_id is not None:  # after the commit: the CDR stands whatever happens to the file
             self.recordings.after_call_ended(call_id, returned)
         return call_id
 

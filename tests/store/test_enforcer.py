@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import time
@@ -447,14 +448,15 @@ def _waits(trace: str) -> int:
     return sum(1 for sent, got in itertools.pairwise(sides) if (sent, got) == ("F", "B"))
 
 
-def test_decision_and_call_end_wait_for_postgresql_two_and_three_times(enforcer, tmp_path):
+def test_decision_and_call_end_wait_for_postgresql_twice_each(enforcer, tmp_path):
     """PostgreSQL (libpq's protocol trace): a decision batch waits for the server twice (the
     begin, the callees' locks, the registry version and the facts, run in that order; then
     the writes, the chain's entries linked by the server under the head's lock, the COMMIT
-    and the pipeline's sync), a call's end three times (the begin, which psycopg syncs; the
-    CDR's update; the audit entry, linked by the server, with the commit). Neither waits
-    holding the audit head's lock, which every node's writers take in turn. The outcome is
-    the same: stored, committed, the chain intact."""
+    and the pipeline's sync), a call's end twice too (the begin queued with the CDR's update;
+    the audit entry, linked by the server, with the commit). Neither waits holding the audit
+    head's lock, which every node's writers take in turn. The outcome is the same: stored,
+    committed, the chain intact; and the connection the call's end borrowed goes back to the
+    pool out of autocommit, as the ORM's sessions need it."""
     if enforcer.engine.dialect.name != "postgresql":
         pytest.skip("SQLite has no round trips")
     import threading
@@ -496,11 +498,16 @@ def test_decision_and_call_end_wait_for_postgresql_two_and_three_times(enforcer,
     assert traced(lambda: decided.append(enforcer.decide(attempt(pbx_call_id="traced.1")))) == 2
     assert decided[0].decision.allowed
     end = at("2026-03-02 10:01")
-    assert traced(lambda: enforcer.call_ended(CallEnd("asterisk", "traced.1", end))) == 3
+    assert traced(lambda: enforcer.call_ended(CallEnd("asterisk", "traced.1", end))) == 2
     with enforcer.sessions() as s:
         call = s.get(Call, decided[0].call_id)
         assert call.decision == "allow" and call.ended_at == end and call.recording_id is not None
         assert verify_chain(s) == []
+    assert enforcer.call_ended(CallEnd("asterisk", "no.such.call", end)) is None
+    with contextlib.ExitStack() as stack:  # every idle connection of the pool, at once
+        pooled = [stack.enter_context(enforcer.engine.connect())
+                  for _ in range(enforcer.engine.pool.checkedin())]
+        assert pooled and all(c.connection.dbapi_connection.autocommit is False for c in pooled)
 
 
 def test_a_batch_that_fails_after_its_begin_leaves_no_transaction_open(enforcer, monkeypatch):
