@@ -175,6 +175,14 @@ def test_snippet_with_real_server(make_settings, seeded_url) -> None:
             assert not odd.proceeds and odd.variables["CALLWARDEN_REASONS"] == "CAMPAIGN_NOT_APPROVED"
             assert seen[-1].result.commands[0].startswith("GET FULL VARIABLE")
             assert r.call_row(seen[-1].channel.uniqueid).campaign == "renewals,x"
+            # a dialled "number" carrying its own key (a quoted EXTEN keeps its comma through
+            # Gosub) cannot choose the purpose: the subroutine's keys follow it, so one repeats
+            # and the arguments are not taken
+            forged = await arun_subroutine(steps, args=[f"{CONSENTED},purpose=callback"],
+                                           channel=base, agi=agi)
+            assert forged.proceeds, forged.trace
+            assert seen[-1].result.commands[0].startswith("GET FULL VARIABLE")
+            assert r.call_row(seen[-1].channel.uniqueid).purpose == "notification"  # the campaign's
             denied = await arun_subroutine(steps, args=[REFUSED], channel=base, agi=agi)
             assert denied.how == "hangup" and denied.variables["AGISTATUS"] == "HANGUP"
             unknown = sim_agi(r.port, r.pbx, CALLER, route="no-such-route")
