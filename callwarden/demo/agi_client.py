@@ -1,6 +1,6 @@
-"""The PBX side of FastAGI, as Asterisk's ``AGI(agi://host:port/outbound,<callee>)`` plays it:
-send the ``agi_*`` environment block, then answer each command the server sends until it
-closes the connection. Just enough of Asterisk for the demo's calls (channel variables, also
+"""The PBX side of FastAGI, as the shipped subroutine's ``AGI(agi://host:port/outbound,<callee>,
+tenant=...,trunk=...,campaign=...,purpose=...)`` plays it: send the ``agi_*`` environment block,
+then answer each command the server sends until it closes the connection. Just enough of Asterisk for the demo's calls (channel variables, also
 several at once by ``GET FULL VARIABLE``, ``CALLERPRES()``, MixMonitor, Hangup)."""
 
 from __future__ import annotations
@@ -66,6 +66,10 @@ async def _run(host: str, port: int, call: Scenario) -> AgiOutcome:
         "agi_priority": "5", "agi_enhanced": "0.0", "agi_accountcode": "",
         "agi_threadid": str(140000000000000 + n), "agi_arg_1": call.callee,
     }
+    # what the shipped subroutine (config/asterisk/extensions_callwarden.conf) passes after
+    # the callee: the channel's four values, so the server need not read them
+    for n_arg, key in enumerate(("tenant", "trunk", "campaign", "purpose"), 2):
+        env[f"agi_arg_{n_arg}"] = f"{key}={channel_vars.get('CALLWARDEN_' + key.upper(), '')}"
     outcome = AgiOutcome(uniqueid=uniqueid)
     reader, writer = await asyncio.open_connection(host, port, limit=MAX_LINE)
     try:
