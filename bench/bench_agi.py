@@ -85,9 +85,7 @@ VARIABLES = {"CALLWARDEN_TENANT": "acme", "CALLWARDEN_TRUNK": "ct-trunk-1",
 #: What the shipped subroutine (config/asterisk/extensions_callwarden.conf) passes after the
 #: callee: the four values as arguments, which spares callwarden the round trip reading them.
 #: ``--read-values`` passes the callee alone (a dialplan calling AGI() directly).
-PASSED = tuple(f"{key}={VARIABLES.get('CALLWARDEN_' + key.upper(), '')}"
-               for key in ("tenant", "trunk", "campaign", "purpose"))
-AGI_ARGS = {"passed": PASSED}
+AGI_ARGS: dict[str, tuple[str, ...]] = {"passed": ()}  # filled in main()
 #: The tenant whose telemarketing the background detector pass finds (never called here).
 RENTER, RENTER_ACCESS = "beta", "01058001234"
 #: CDRs past retention the background purge deletes, inserted per round.
@@ -340,8 +338,8 @@ class Figures:
 
 async def place(pbx: Pbx, port: int, n: int, figures: Figures) -> None:
     """One outbound set-up; its latency and outcome go into ``figures``."""
-    call = AgiCall(port, script="outbound", args=(callee(n % CALLEES), *AGI_ARGS["passed"]), pbx=pbx,
-                   variables=VARIABLES, callerid_num="95512", timing=TIMING)
+    call = AgiCall(port, script="outbound", args=(callee(n % CALLEES), *AGI_ARGS["passed"]),
+                   pbx=pbx, variables=VARIABLES, callerid_num="95512", timing=TIMING)
     started = time.perf_counter()
     result = await call.run(timeout=15)
     latency = time.perf_counter() - started
@@ -619,8 +617,11 @@ def main() -> None:
                         help="AGI arguments: the callee alone, not the shipped subroutine's "
                              "four values too (callwarden reads them: one round trip more)")
     args = parser.parse_args()
-    if args.read_values:
-        AGI_ARGS["passed"] = ()
+    if not args.read_values:
+        from callwarden.agi.routes.outbound import ARGUMENT_KEYS
+
+        AGI_ARGS["passed"] = tuple(f"{key}={VARIABLES.get(name, '')}"
+                                   for key, name in ARGUMENT_KEYS.items())
 
     with tempfile.TemporaryDirectory(prefix="bench_agi_") as workdir:
         for backend in args.backends.split(","):

@@ -1,7 +1,8 @@
 """The PBX side of FastAGI, as the shipped subroutine's ``AGI(agi://host:port/outbound,<callee>,
-tenant=...,trunk=...,campaign=...,purpose=...)`` plays it: send the ``agi_*`` environment block,
-then answer each command the server sends until it closes the connection. Just enough of Asterisk for the demo's calls (channel variables, also
-several at once by ``GET FULL VARIABLE``, ``CALLERPRES()``, MixMonitor, Hangup)."""
+tenant=...,trunk=...,campaign=...,purpose=...)`` plays it: send the ``agi_*`` environment
+block, then answer each command the server sends until it closes the connection. Just enough
+of Asterisk for the demo's calls (channel variables, also several at once by
+``GET FULL VARIABLE``, ``CALLERPRES()``, MixMonitor, Hangup)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
+from callwarden.agi.routes.outbound import ARGUMENT_KEYS
 from callwarden.demo.scenarios import Scenario
 
 _ids = itertools.count(1)
@@ -68,8 +70,8 @@ async def _run(host: str, port: int, call: Scenario) -> AgiOutcome:
     }
     # what the shipped subroutine (config/asterisk/extensions_callwarden.conf) passes after
     # the callee: the channel's four values, so the server need not read them
-    for n_arg, key in enumerate(("tenant", "trunk", "campaign", "purpose"), 2):
-        env[f"agi_arg_{n_arg}"] = f"{key}={channel_vars.get('CALLWARDEN_' + key.upper(), '')}"
+    for n_arg, (key, name) in enumerate(ARGUMENT_KEYS.items(), 2):
+        env[f"agi_arg_{n_arg}"] = f"{key}={channel_vars.get(name, '')}"
     outcome = AgiOutcome(uniqueid=uniqueid)
     reader, writer = await asyncio.open_connection(host, port, limit=MAX_LINE)
     try:

@@ -574,8 +574,8 @@ class Enforcer:
 
         Every call pays this once, as it pays a decision: so it runs on the hot statements in
         two round trips on PostgreSQL (the begin queued with the update; the entry with the
-        commit and the pipeline's sync), not through the ORM (~5 ms of CPU a call on PostgreSQL, more
-        than the decision). The update also returns what the recording's first storing
+        commit and the pipeline's sync), not through the ORM (~5 ms of CPU a call on
+        PostgreSQL, more than the decision). The update also returns what the recording's first storing
         attempt needs, so that attempt reads nothing itself. The call's row is locked before
         the head, as every writer does (the head last, by the server on PostgreSQL: held for
         no round trip; the other order could deadlock with the decision writer's
@@ -604,7 +604,7 @@ class Enforcer:
                 hot.commit(conn)
         log.info("call_ended", call_id=call_id, pbx=end.pbx, billsec=end.billsec,
                  disposition=end.disposition, hangup_cause=end.hangup_cause)
-        if recording_id is not None:  # after the commit: the CDR stands whatever happens to the file
+        if recording_id is not None:  # after the commit: the CDR stands whatever the file does
             self.recordings.after_call_ended(call_id, returned)
         return call_id
 

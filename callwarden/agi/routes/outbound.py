@@ -31,10 +31,11 @@ from callwarden.policy import CallAttempt, Decision, denial
 
 log = get_logger("callwarden.agi")
 
-VARIABLES = ("CALLWARDEN_TENANT", "CALLWARDEN_TRUNK", "CALLWARDEN_CAMPAIGN", "CALLWARDEN_PURPOSE")
-#: The AGI argument keys that carry them (after the callee), as the shipped subroutine sends.
+#: The channel variables the decision needs, by the AGI argument key that carries each (after
+#: the callee) as the shipped subroutine sends them.
 ARGUMENT_KEYS = {"tenant": "CALLWARDEN_TENANT", "trunk": "CALLWARDEN_TRUNK",
                  "campaign": "CALLWARDEN_CAMPAIGN", "purpose": "CALLWARDEN_PURPOSE"}
+VARIABLES = tuple(ARGUMENT_KEYS.values())
 _POLICY_UNAVAILABLE = denial("POLICY_UNAVAILABLE")
 
 
