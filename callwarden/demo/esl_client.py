@@ -84,7 +84,7 @@ class _Channel:
         self.sock.sendall(f"Content-Type: command/reply\nReply-Text: {text}\n\n".encode())
 
     def event(self, name: str, extra: Sequence[tuple[str, str]] = ()) -> None:
-        if self.event_names and name not in self.event_names:  # `filter Event-Name ...`
+        if self.event_names and name not in self.event_names:  # `event plain ...`, `filter Event-Name ...`
             return
         body = _encode([("Event-Name", name), ("Unique-ID", self.uuid),
                         ("Channel-Name", self.name), *extra]) + "\n"
@@ -115,8 +115,10 @@ class _Channel:
         elif name == "uuid_setvar_multi" and len(words) >= 3:
             for pair in " ".join(words[2:]).split(";"):
                 key, _, value = pair.partition("=")
-                if key:
+                if key and value:
                     self.outcome.variables[key] = value
+                elif key:  # an empty value unsets, as uuid_setvar's does
+                    self.outcome.variables.pop(key, None)
             self.api_response("+OK\n")
         elif name == "uuid_exists":
             self.api_response("true")
@@ -198,7 +200,9 @@ class _Channel:
             elif low.startswith("myevents"):
                 self.reply("+OK Events Enabled")
             elif low.startswith("event "):
-                self.reply(f"+OK event listener enabled {text.split()[1]}")
+                words = text.split()
+                self.event_names.update(words[2:])  # one channel here: the Unique-ID filter holds
+                self.reply(f"+OK event listener enabled {words[1]}")
             elif low.startswith("filter "):
                 header, _, value = text[7:].strip().partition(" ")
                 if header.lower() == "event-name":

@@ -8,9 +8,10 @@ error and fails closed (hang up).
 FreeSWITCH runs the socket in ``async full`` mode: every ``sendmsg`` is queued on the channel
 and answered ``+OK`` at once (the channel runs it on its next turn), and the channel stays
 parked until we either send ``resume`` (the dialplan goes on after ``socket``) or go away
-without it (FreeSWITCH hangs up). Variables are set with ``api uuid_setvar``, which FreeSWITCH
-applies before it answers; ``resume`` follows them in the same write, and for an outbound call
-only after ``RECORD_START`` proved the recording runs.
+without it (FreeSWITCH hangs up). Variables are set with ``api uuid_setvar_multi`` (or
+``uuid_setvar`` for one), which FreeSWITCH applies before it answers; ``resume`` follows them
+in the same write, and for an outbound call only after ``RECORD_START`` proved the recording
+runs.
 
 One structured log event per call (``esl_call``), numbers masked.
 """
@@ -52,6 +53,10 @@ _RECORD_OUTCOMES = frozenset({"RECORD_START", "CHANNEL_HANGUP", "CHANNEL_HANGUP_
 #: The only events a call handler waits for (FreeSWITCH ``filter``: anything else is not sent).
 _WANTED_EVENTS = ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_EXECUTE_COMPLETE",
                   "RECORD_START")
+#: A Unique-ID a ``filter`` value takes literally (FreeSWITCH's own are hex and dashes).
+_PLAIN_UUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}", re.ASCII)
+#: ``name=value`` that uuid_setvar_multi takes as it is (no ``;``, quote, backslash, space).
+_MULTI_SAFE = re.compile(r"[A-Za-z0-9_]+=[A-Za-z0-9_.,:@+/-]*", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +135,19 @@ class CallHandler:
         self._hangup_seen = value
 
     def _subscription_commands(self) -> list[bytes]:
-        """The subscription to this channel's events, once (then []): ``myevents`` (RECORD_* are
-        not part of it) and filters that keep only the events a handler waits for
-        (:data:`_WANTED_EVENTS`): a call otherwise brings some twenty events of ~150 headers
-        each (CHANNEL_EXECUTE, _STATE, _PARK, ...) that the hub would read for nothing.
+        """The subscription to this channel's events, once (then []): only the events a
+        handler waits for (:data:`_WANTED_EVENTS`), only this channel's. A call otherwise
+        brings some twenty events of ~150 headers each (CHANNEL_EXECUTE, _STATE, _PARK, ...)
+        that the hub would read for nothing.
+
+        Two commands: ``filter Unique-ID <uuid>`` first (so no other channel's event slips in
+        between), then ``event plain <names>``. FreeSWITCH's event_handler (mod_event_socket,
+        1.10) sends an event when its name is subscribed and, with filters set, when one of
+        them matches: both hold only for this channel's wanted events. (``myevents`` + ``event
+        plain RECORD_START RECORD_STOP`` + one ``filter Event-Name`` per name came to six
+        commands and six replies per call.) A Unique-ID that a filter value could misread (a
+        leading ``+``, ``-`` or ``/`` is syntax there; only a dialplan's own
+        ``origination_uuid`` could bring one) keeps that older form.
 
         An outbound call sends it in the same write as its first commands after the decision
         (FreeSWITCH runs them in order, so the events of what follows are caught): while the
@@ -142,6 +156,10 @@ class CallHandler:
         if self._subscription_sent:
             return []
         self._subscription_sent = True
+        uuid = self.uuid or ""
+        if _PLAIN_UUID.fullmatch(uuid):
+            return [command(f"filter Unique-ID {uuid}"),
+                    command("event plain " + " ".join(_WANTED_EVENTS))]
         return [command("myevents"), command("event plain RECORD_START RECORD_STOP"),
                 *(command(f"filter Event-Name {name}") for name in _WANTED_EVENTS)]
 
@@ -442,9 +460,15 @@ class CallHandler:
     # -- telling FreeSWITCH --------------------------------------------------------------------
 
     def _setvars(self, variables: list[tuple[str, str]]) -> list[bytes]:
-        """``api uuid_setvar`` commands: applied by FreeSWITCH's event-socket thread before it
-        answers, so a ``+OK`` means the variable is in place (a queued ``set`` would wait for
-        the channel thread's next turn). An empty value unsets the variable."""
+        """``api uuid_setvar`` (one variable) or ``api uuid_setvar_multi`` (several: one
+        command and one reply instead of one each): applied by FreeSWITCH's event-socket
+        thread before it answers, so a ``+OK`` means the variables are in place (a queued
+        ``set`` would wait for the channel thread's next turn). An empty value unsets the
+        variable. uuid_setvar_multi splits on ``;`` (and reads quotes and backslashes), so a
+        value outside :data:`_MULTI_SAFE` goes as uuid_setvars instead."""
+        if len(variables) > 1 and all(_MULTI_SAFE.fullmatch(f"{n}={v}") for n, v in variables):
+            pairs = ";".join(f"{name}={value}" for name, value in variables)
+            return [api(f"uuid_setvar_multi {self.uuid} {pairs}")]
         return [api(f"uuid_setvar {self.uuid} {name} {value}".rstrip()) for name, value in variables]
 
     def _check(self, replies: list[Frame]) -> None:

@@ -6,6 +6,7 @@ opt-out routes, a store that does not answer."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -68,17 +69,62 @@ def test_allowed_call_is_recorded_handed_back_and_its_cdr_completed(rig: EslRig)
     assert log["caller"] == "95512" and log["callee"] == "138****8000"  # numbers masked
 
 
+WANTED = ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_EXECUTE_COMPLETE", "RECORD_START")
+
+
 def test_freeswitch_sends_a_call_handler_only_the_events_it_waits_for(rig: EslRig) -> None:
-    """Filters on the outbound socket: the hub reads a handful of events per call, not the
-    twenty-odd that ``myevents`` brings (CHANNEL_EXECUTE, _STATE, _PARK, _ANSWER, ...)."""
+    """Two subscription commands: this channel's Unique-ID as the filter, then the four events
+    a handler waits for. The hub reads a handful of events per call, not the twenty-odd that
+    ``myevents`` brings (CHANNEL_EXECUTE, _STATE, _PARK, _ANSWER, ...)."""
     call, result = rig.place()
     assert result.resumed
-    filters = [c.text for c in result.commands if c.text.startswith("filter ")]
-    assert filters == [f"filter Event-Name {n}" for n in (
-        "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_EXECUTE_COMPLETE", "RECORD_START")]
-    assert result.events_sent and set(result.events_sent) <= {
-        "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_EXECUTE_COMPLETE", "RECORD_START"}
+    texts = result.command_names
+    assert texts[1:3] == [f"filter Unique-ID {call.channel.uuid}", "event plain " + " ".join(WANTED)]
+    assert "myevents" not in texts and sum(t.startswith(("filter ", "event ")) for t in texts) == 2
+    assert result.events_sent and set(result.events_sent) <= set(WANTED)
     assert "RECORD_START" in result.events_sent  # what the recording check waits for still comes
+
+
+def test_a_call_handler_never_sees_another_channels_events(rig: EslRig) -> None:
+    """``event plain`` alone would bring every channel's hangups and recordings (an outbound
+    socket's subscription is switch-wide): the Unique-ID filter keeps each handler to its own.
+    Eight calls at once, each hanging up while the others record: every event a session was
+    sent names its own channel."""
+    calls = [rig.fscall() for _ in range(8)]
+    for call in calls:
+        call.start(timeout=15)
+    results = [call.join(15) for call in calls]
+    for call, result in zip(calls, results, strict=True):
+        assert result.error is None and result.events_sent
+        ids = set(re.findall(rb"^Unique-ID: (.+)$", result.sent, re.M))
+        assert ids == {call.channel.uuid.encode()}, "an event of another channel reached the handler"
+    assert sum(r.resumed for r in results) >= 1  # some recorded and let through, some denied
+
+
+def test_a_unique_id_a_filter_would_misread_keeps_the_older_subscription(rig: EslRig) -> None:
+    """A dialplan's own ``origination_uuid`` may start with a character that a filter value
+    reads as syntax (``+``/``-`` signs, ``/`` a regex): then ``myevents`` narrows to the
+    channel and one ``filter Event-Name`` per wanted event, and the call is decided as ever."""
+    call, result = rig.place(uuid="-odd-call-1")
+    assert result.resumed and result.variables_set["callwarden_decision"] == "allow"
+    texts = result.command_names
+    assert texts[1:3] == ["myevents", "event plain RECORD_START RECORD_STOP"]
+    assert [t for t in texts if t.startswith("filter ")] == [f"filter Event-Name {n}" for n in WANTED]
+    assert "RECORD_START" in result.events_sent
+
+
+def test_the_outcome_goes_to_freeswitch_in_one_uuid_setvar_multi(rig: EslRig) -> None:
+    """Decision, reasons and enforcement flag: one api command and one reply, not three; the
+    call ID before record_session is one variable (uuid_setvar)."""
+    call, result = rig.place()
+    apis = [t for t in result.command_names if t.startswith("api ")]
+    assert apis[0] == f"api uuid_setvar {call.channel.uuid} callwarden_call_id " + \
+        result.variables_set["callwarden_call_id"]
+    assert apis[1:] == [f"api uuid_setvar_multi {call.channel.uuid} callwarden_decision=allow;"
+                        "callwarden_reasons=;callwarden_enforced=yes"]
+    assert result.variables_set["callwarden_decision"] == "allow"
+    assert result.variables_set["callwarden_reasons"] is None  # empty: unset, as before
+    assert result.variables_set["callwarden_enforced"] == "yes"
 
 
 def test_the_subscription_goes_with_the_first_commands_after_the_decision(rig: EslRig) -> None:
@@ -94,7 +140,8 @@ def test_the_subscription_goes_with_the_first_commands_after_the_decision(rig: E
     assert result.error is None and result.resumed
     texts = [c.text for c in result.commands]
     record = next(i for i, c in enumerate(result.commands) if c.header("execute-app-name") == "record_session")
-    assert texts.index("myevents") == 1 and texts.index("myevents") < record
+    assert texts[1].startswith("filter Unique-ID ") and texts[2].startswith("event plain ")
+    assert record > 2
     assert "RECORD_START" in result.events_sent
 
 

@@ -883,6 +883,35 @@ def _api_setvar(sw: FreeSwitch, arg: str) -> str:
     return "+OK\n"
 
 
+#: mod_commands' usage line for uuid_setvar_multi (source: UUID_MULTISET_SYNTAX).
+SETVAR_MULTI_USAGE = "-USAGE: <uuid> <var>=<value>;<var>=<value>...\n"
+
+
+def _api_setvar_multi(sw: FreeSwitch, arg: str) -> str:
+    """uuid_setvar_multi (source: mod_commands.c): the uuid up to the first space, then
+    ``name=value`` items split on ``;`` (at most 64); an item without ``=`` or with an empty
+    value unsets its variable, one with no name answers ``-ERR No variable specified``. ``+OK``
+    once any was set; an unknown channel answers ``-ERR No such channel!`` followed by the
+    usage line (the source falls through to it); no space at all: no output, which the event
+    socket answers ``-ERR no reply``."""
+    if " " not in arg:
+        return ""
+    uuid, _, rest = arg.partition(" ")
+    out, count = "", 0
+    with sw.lock:
+        channel = sw.channels.get(uuid)
+        if channel is None:
+            return "-ERR No such channel!\n" + SETVAR_MULTI_USAGE
+        for item in rest.split(";")[:64]:
+            name, eq, value = item.partition("=")
+            if not name:
+                out += "-ERR No variable specified\n"
+                continue
+            channel.set_var(name, (value or None) if eq else None, record=True)
+            count += 1
+    return out + ("+OK\n" if count else SETVAR_MULTI_USAGE)
+
+
 CHANNEL_COLUMNS = _words(  # source: switch_core_sqldb.c create_channels_sql (1.10)
     "uuid direction created created_epoch name state cid_name cid_num ip_addr dest application "
     "application_data dialplan context read_codec read_rate read_bit_rate write_codec write_rate "
@@ -946,6 +975,7 @@ _API: dict[str, Callable[[FreeSwitch, str], str]] = {
     "uuid_exists": _api_exists,
     "uuid_getvar": _api_getvar,
     "uuid_setvar": _api_setvar,
+    "uuid_setvar_multi": _api_setvar_multi,
     "show": _api_show,
 }
 

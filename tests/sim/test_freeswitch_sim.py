@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from tests.sim.freeswitch import (
     GOODBYE,
+    SETVAR_MULTI_USAGE,
     CallProfile,
     Chunking,
     FreeSwitch,
@@ -528,6 +529,29 @@ def test_commands_replies_and_transcript(listener, tmp_path):
     assert r.events_sent.count("CHANNEL_EXECUTE_COMPLETE") == 5  # four apps + socket
     assert r.exit_received and r.disconnect_notice_sent
     assert r.apps[2].event_uuid == "11111111-2222-3333-4444-555555555555"
+
+
+def test_uuid_setvar_multi_sets_and_unsets_as_mod_commands_does(listener):
+    """``api uuid_setvar_multi <uuid> a=1;b=;c`` (source: mod_commands.c): each item set, an
+    empty value or no ``=`` unsets, ``+OK`` once any was set; an unknown channel gets the error
+    and then the usage line; no space after the uuid: no output (``-ERR no reply``)."""
+    call = FsCall("127.0.0.1", listener.getsockname()[1], loopback_peer=False).start(10)
+    c = Client(listener)
+    c.command("connect")
+    c.send(f"api uuid_setvar {call.uuid} gone_soon x")
+    assert c.frame()[1] == b"+OK\n"
+    c.send(f"api uuid_setvar_multi {call.uuid} a=1;b=two=2;gone_soon=;c")
+    assert c.frame()[1] == b"+OK\n"
+    c.send(f"api uuid_setvar_multi {call.uuid} =x")
+    assert c.frame()[1] == b"-ERR No variable specified\n" + SETVAR_MULTI_USAGE.encode()
+    c.send("api uuid_setvar_multi nosuch a=1")
+    assert c.frame()[1] == b"-ERR No such channel!\n" + SETVAR_MULTI_USAGE.encode()
+    c.send(f"api uuid_setvar_multi {call.uuid}")
+    assert c.frame()[1] == b"-ERR no reply\n"
+    assert c.command("exit")["Reply-Text"] == "+OK bye"
+    c.close()
+    r = call.join(5)
+    assert r.variables_set == {"gone_soon": None, "a": "1", "b": "two=2", "c": None}
 
 
 def test_each_command_knows_when_its_bytes_arrived(listener):
