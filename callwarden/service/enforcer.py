@@ -98,6 +98,16 @@ def _correct(conn: Connection, corrections: Sequence[Correction]) -> None:
     _ABANDON_RECORDINGS.execute(conn, {"cids": [c.call_id for c in corrections]})
 
 
+def _fail_recording(session: Session, recording_id: int, error: str) -> None:
+    """Mark a recording that never started as failed, in one conditional statement: only while
+    it is still ``recording``. A call's end may be storing the file at the same moment (the
+    PBX did record after all); read-then-write would overwrite a ``finalizing`` or ``stored``
+    row with ``failed``, and the auditor would find a failed recording whose file exists."""
+    session.execute(update(Recording).where(Recording.id == recording_id,
+                                            Recording.status == "recording")
+                    .values(status="failed", error=error))
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What an adapter needs to act on a decision."""
@@ -514,9 +524,7 @@ class Enforcer:
             codes = tuple(call.reason_codes) + ("RECORDING_UNAVAILABLE",)
             call.decision, call.reasons = "deny", ",".join(r.code for r in ordered(codes))
             if call.recording_id is not None:
-                rec = session.get(Recording, call.recording_id)
-                if rec is not None:
-                    rec.status, rec.error = "failed", error[:500]
+                _fail_recording(session, call.recording_id, error[:500])
             audit.append_at_commit(session, "pbx:" + call.pbx, "recording_failed", call_id,
                          {"error": error[:500], "reasons": call.reason_codes})
             observe = not call.enforced
@@ -669,9 +677,7 @@ class Enforcer:
             codes = tuple(call.reason_codes) + ("POLICY_UNAVAILABLE",)
             call.decision, call.reasons = "deny", ",".join(r.code for r in ordered(codes))
             if call.recording_id is not None:
-                rec = session.get(Recording, call.recording_id)
-                if rec is not None and rec.status == "recording":
-                    rec.status, rec.error = "failed", "decision abandoned: the call was denied"
+                _fail_recording(session, call.recording_id, "decision abandoned: the call was denied")
             audit.append_at_commit(session, "pbx:" + call.pbx, "decision_abandoned", call_id,
                          {"reasons": call.reason_codes})
         log.warning("decision_abandoned", call_id=call_id)

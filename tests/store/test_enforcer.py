@@ -8,7 +8,7 @@ import itertools
 import time
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select, update
 
 from callwarden.audit.snapshot import snapshot
 from callwarden.policy import CallAttempt
@@ -162,6 +162,61 @@ def test_recording_failure_turns_the_call_into_a_deny(enforcer):
         call = s.get(Call, out.call_id)
         assert call.reason_codes == ["RECORDING_UNAVAILABLE"]
         assert s.get(Recording, call.recording_id).status == "failed"
+
+
+def _recording_status(e: Enforcer, call_id: str) -> str:
+    with e.sessions() as s:
+        return s.scalars(select(Recording.status).where(Recording.call_id == call_id)).one()
+
+
+def test_a_correction_leaves_a_recording_the_call_end_has_stored(enforcer):
+    """A recording that a call's end already stored (the PBX did record after all) stays
+    stored when the call is then corrected to a deny; the call itself becomes the deny."""
+    for correct in (lambda cid: enforcer.recording_failed(cid, "no RECORD_START in time"),
+                    enforcer.decision_abandoned):
+        out = enforcer.decide(attempt())
+        with enforcer.engine.begin() as conn:
+            conn.execute(update(Recording).where(Recording.call_id == out.call_id)
+                         .values(status="stored", sha256="ab" * 32))
+        correct(out.call_id)
+        assert _recording_status(enforcer, out.call_id) == "stored"
+        with enforcer.sessions() as s:
+            assert s.get(Call, out.call_id).decision == "deny"
+
+
+def test_a_correction_racing_the_call_end_does_not_overwrite_its_recording(enforcer):
+    """The call's end stores the recording after the correction has read the call and just
+    before it writes the recording (forced here: another transaction commits ``stored`` when
+    the correction's UPDATE of recordings is about to run). The recording is marked failed
+    only while still ``recording``, in that one statement, so the stored row stands; a
+    read-then-write would set it back to failed."""
+    if enforcer.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite: a writer holds the write lock from its BEGIN IMMEDIATE; the "
+                    "call's end cannot come in between")
+    for correct in (lambda cid: enforcer.recording_failed(cid, "no RECORD_START in time"),
+                    enforcer.decision_abandoned):
+        out = enforcer.decide(attempt())
+        assert _recording_status(enforcer, out.call_id) == "recording"
+        raced: list[str] = []
+
+        def call_end_stores_it(_conn, _cursor, statement, *_args,  # type: ignore[no-untyped-def]
+                               raced=raced, call_id=out.call_id) -> None:
+            if raced or not statement.lstrip().upper().startswith("UPDATE RECORDINGS"):
+                return
+            raced.append(statement)  # once; the statement below passes through here too
+            with enforcer.engine.begin() as other:
+                other.execute(update(Recording).where(Recording.call_id == call_id)
+                              .values(status="stored", sha256="cd" * 32))
+
+        event.listen(enforcer.engine, "before_cursor_execute", call_end_stores_it)
+        try:
+            correct(out.call_id)
+        finally:
+            event.remove(enforcer.engine, "before_cursor_execute", call_end_stores_it)
+        assert raced, "the correction never wrote the recording"
+        assert _recording_status(enforcer, out.call_id) == "stored"
+        with enforcer.sessions() as s:
+            assert s.get(Call, out.call_id).decision == "deny"
 
 
 def test_observe_mode_lets_denied_calls_through_but_stores_the_deny(seeded_url, make_settings):
