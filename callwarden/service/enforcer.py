@@ -518,7 +518,7 @@ class Enforcer:
     def recording_failed(self, call_id: str, error: str) -> Outcome:
         """The PBX could not start the recording: the call becomes a RECORDING_UNAVAILABLE deny."""
         with unit_of_work(self.sessions) as session:
-            call = session.get(Call, call_id)
+            call = session.get(Call, call_id, with_for_update=True)  # reasons: read, then written
             if call is None:
                 raise KeyError("unknown call id")
             codes = tuple(call.reason_codes) + ("RECORDING_UNAVAILABLE",)
@@ -622,7 +622,7 @@ class Enforcer:
         with unit_of_work(self.sessions) as session:
             call = session.scalars(select(Call).where(
                 Call.pbx == pbx, Call.pbx_call_id == _pbx_id(pbx_call_id), Call.direction == "outbound",
-            ).order_by(Call.attempted_at.desc()).limit(1)).first()
+            ).order_by(Call.attempted_at.desc()).limit(1).with_for_update()).first()
             if call is None or call.decision != "allow" or call.ended_at is not None:
                 return None
             if number is not None and number.digits == call.caller:
@@ -671,7 +671,7 @@ class Enforcer:
         decision committed (its commit outlasted the deadline): make the CDR say what the PBX
         was told, so no stored allow stands for a call that was hung up."""
         with unit_of_work(self.sessions) as session:
-            call = session.get(Call, call_id)
+            call = session.get(Call, call_id, with_for_update=True)  # reasons: read, then written
             if call is None:
                 return
             codes = tuple(call.reason_codes) + ("POLICY_UNAVAILABLE",)
@@ -709,9 +709,7 @@ class Enforcer:
             call = session.get(Call, call_id)
             if call is None or call.recording_id is None:
                 return
-            rec = session.get(Recording, call.recording_id)
-            if rec is not None:
-                rec.status, rec.error = "failed", error[:500]
+            _fail_recording(session, call.recording_id, error[:500])
             audit.append_at_commit(session, "pbx:" + call.pbx, "recording_failed", call_id,
                          {"error": error[:500], "direction": call.direction})
         log.warning("recording_not_started", call_id=call_id, error=error[:200])

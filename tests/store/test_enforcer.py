@@ -219,6 +219,54 @@ def test_a_correction_racing_the_call_end_does_not_overwrite_its_recording(enfor
             assert s.get(Call, out.call_id).decision == "deny"
 
 
+def test_two_corrections_of_one_call_at_once_keep_both_reasons(enforcer):
+    """The recording fails and the decision is abandoned for the same call at the same moment
+    (two threads). Each reads the call's reasons and writes them back with its own code; the
+    call row is locked at the read (FOR UPDATE), so the second waits and reads the first's
+    result, and the CDR keeps both codes. Forced here: when the first is about to write the
+    call, the second runs in another thread, given a second to finish before the first goes
+    on (without the lock it does finish, and the first then writes over its code)."""
+    if enforcer.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite: a writer holds the write lock from its BEGIN IMMEDIATE; the "
+                    "second correction cannot read before the first commits")
+    import threading
+
+    out = enforcer.decide(attempt())
+    first = threading.current_thread()
+    second_done = threading.Event()
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            enforcer.recording_failed(out.call_id, "no RECORD_START in time")
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        finally:
+            second_done.set()
+
+    started: list[threading.Thread] = []
+
+    def before_first_writes(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if (threading.current_thread() is first and not started
+                and statement.lstrip().upper().startswith("UPDATE CALLS")):
+            started.append(threading.Thread(target=second))
+            started[0].start()
+            second_done.wait(1.0)  # with the lock it cannot finish: it waits for our commit
+
+    event.listen(enforcer.engine, "before_cursor_execute", before_first_writes)
+    try:
+        enforcer.decision_abandoned(out.call_id)
+    finally:
+        event.remove(enforcer.engine, "before_cursor_execute", before_first_writes)
+    assert started, "the first correction never wrote the call"
+    started[0].join(10)
+    assert not errors and second_done.is_set()
+    with enforcer.sessions() as s:
+        call = s.get(Call, out.call_id)
+        assert call.decision == "deny"
+        assert set(call.reason_codes) == {"POLICY_UNAVAILABLE", "RECORDING_UNAVAILABLE"}
+
+
 def test_observe_mode_lets_denied_calls_through_but_stores_the_deny(seeded_url, make_settings):
     e = Enforcer(make_settings(seeded_url, mode="observe"))
     out = e.decide(attempt(callee="13900139000"))
