@@ -69,6 +69,7 @@ sys.path.insert(0, str(ROOT))
 
 from proc_cpu import cpu_seconds  # noqa: E402  (bench/, beside this script)
 
+from callwarden.agi.routes.outbound import ARGUMENT_KEYS  # noqa: E402
 from tests.sim.asterisk import AgiCall, AgiTiming, Pbx  # noqa: E402
 
 # The audit key of the bench's throw-away stores (callwarden db upgrade would create it).
@@ -85,7 +86,8 @@ VARIABLES = {"CALLWARDEN_TENANT": "acme", "CALLWARDEN_TRUNK": "ct-trunk-1",
 #: What the shipped subroutine (config/asterisk/extensions_callwarden.conf) passes after the
 #: callee: the four values as arguments, which spares callwarden the round trip reading them.
 #: ``--read-values`` passes the callee alone (a dialplan calling AGI() directly).
-AGI_ARGS: dict[str, tuple[str, ...]] = {"passed": ()}  # filled in main()
+PASSED = tuple(f"{key}={VARIABLES.get(name, '')}" for key, name in ARGUMENT_KEYS.items())
+AGI_ARGS = {"passed": PASSED}
 #: The tenant whose telemarketing the background detector pass finds (never called here).
 RENTER, RENTER_ACCESS = "beta", "01058001234"
 #: CDRs past retention the background purge deletes, inserted per round.
@@ -617,11 +619,8 @@ def main() -> None:
                         help="AGI arguments: the callee alone, not the shipped subroutine's "
                              "four values too (callwarden reads them: one round trip more)")
     args = parser.parse_args()
-    if not args.read_values:
-        from callwarden.agi.routes.outbound import ARGUMENT_KEYS
-
-        AGI_ARGS["passed"] = tuple(f"{key}={VARIABLES.get(name, '')}"
-                                   for key, name in ARGUMENT_KEYS.items())
+    if args.read_values:
+        AGI_ARGS["passed"] = ()
 
     with tempfile.TemporaryDirectory(prefix="bench_agi_") as workdir:
         for backend in args.backends.split(","):

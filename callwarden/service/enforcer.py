@@ -583,8 +583,8 @@ class Enforcer:
         Every call pays this once, as it pays a decision: so it runs on the hot statements in
         two round trips on PostgreSQL (the begin queued with the update; the entry with the
         commit and the pipeline's sync), not through the ORM (~5 ms of CPU a call on
-        PostgreSQL, more than the decision). The update also returns what the recording's first storing
-        attempt needs, so that attempt reads nothing itself. The call's row is locked before
+        PostgreSQL, more than the decision). The update also returns what the recording's
+        first storing attempt needs, so that attempt reads nothing itself. The call's row is locked before
         the head, as every writer does (the head last, by the server on PostgreSQL: held for
         no round trip; the other order could deadlock with the decision writer's
         corrections)."""

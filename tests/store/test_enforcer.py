@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
+import threading
 import time
 
 import pytest
@@ -229,8 +230,6 @@ def test_two_corrections_of_one_call_at_once_keep_both_reasons(enforcer):
     if enforcer.engine.dialect.name == "sqlite":
         pytest.skip("SQLite: a writer holds the write lock from its BEGIN IMMEDIATE; the "
                     "second correction cannot read before the first commits")
-    import threading
-
     out = enforcer.decide(attempt())
     first = threading.current_thread()
     second_done = threading.Event()
