@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -97,7 +98,9 @@ def test_alerts_are_posted_signed_after_the_commit(world, police, receiver):
     assert (alert["id"], alert["tenant"], alert["kind"], alert["level"]) == \
         (result.raised[0].id, "spam", "risk_suspend", "suspend")
     assert alert["details"]["contributions"] and alert["details"]["evidence"]["samples"]
-    assert "1380" not in body.decode().replace("138****", "")  # callee numbers only masked
+    # callee numbers only masked: no whole mobile number (the evidence's call ids are hex and
+    # may hold any four digits, so a bare "1380" was a flaky check)
+    assert not re.search(r"(?<![0-9A-Za-z])1[3-9]\d{9}(?![0-9A-Za-z])", body.decode())
     # nothing raised, nothing posted
     d.run_pass(now=NOW)
     assert d.notifier.flush(5) and len(receiver.requests) == 1
