@@ -29,6 +29,11 @@ Modes (all print the baseline beside callwarden, from the same run; no assertion
 * ``--nodes 2`` (PostgreSQL): two callwarden server processes on one store, the closed-loop
   load at ``--nodes-concurrency`` split between them, against one node.
 
+The store starts with 5,000 consented callees and, unless ``--history 0``, a month of CDRs
+before the bench's day, analyzed on PostgreSQL as autovacuum keeps a live store
+(bench/history.py: on a never-analyzed table the decision's history lookup took the wrong
+index and grew slower with every call placed, which no production store shows).
+
 A call's latency is the whole FastAGI session as Asterisk sees it, from connect until the
 server closes and the dialplan can go on. Outcomes: a decision that misses
 ``decision_timeout_ms`` (500 ms) is denied POLICY_UNAVAILABLE (fail closed). "srv CPU" is the
@@ -67,7 +72,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from proc_cpu import cpu_seconds  # noqa: E402  (bench/, beside this script)
+from history import DEFAULT_CALLS, describe, seed_history  # noqa: E402  (bench/, beside this script)
+from proc_cpu import cpu_seconds  # noqa: E402
 
 from callwarden.agi.routes.outbound import ARGUMENT_KEYS  # noqa: E402
 from tests.sim.asterisk import AgiCall, AgiTiming, Pbx  # noqa: E402
@@ -172,7 +178,7 @@ def serve_callwarden(port_out: mp.Queue, url: str, workdir: str) -> None:
     asyncio.run(main())
 
 
-def prepare_store(url: str) -> None:
+def prepare_store(url: str, history: int = DEFAULT_CALLS) -> None:
     from callwarden.audit.pseudonym import ensure_store_key
     from callwarden.config import parse_settings
     from callwarden.store.db import make_engine, make_sessionmaker, unit_of_work
@@ -190,6 +196,9 @@ def prepare_store(url: str) -> None:
     insert_calls(url, telemarketing(RENTER, MONDAY_10AM - dt.timedelta(minutes=50),
                                     MONDAY_10AM - dt.timedelta(minutes=1), random.Random(81),
                                     access=RENTER_ACCESS, first=13700000001))
+    if history:  # a month of calls before these, and PostgreSQL's statistics (bench/history.py)
+        seed_history(url, "acme", "95512", MONDAY_10AM, calls=history,
+                     known=[callee(i) for i in range(CALLEES)], pbx="asterisk")
 
 
 def start(target, *args) -> tuple[mp.Process, int]:  # type: ignore[no-untyped-def]
@@ -547,11 +556,12 @@ def run_nodes(url: str, workdir: str, nodes: int, concurrency: int, seconds: flo
 
 
 def bench_backend(label: str, url: str, workdir: str, args: argparse.Namespace) -> None:
-    prepare_store(url)
+    prepare_store(url, args.history)
     servers = {"baseline": start(serve_baseline), "callwarden": start(serve_callwarden, url, workdir)}
     try:
         print(f"\nFastAGI outbound route, {os.cpu_count()} CPUs, {label} store with {CALLEES} "
-              "consented callees; latency = whole AGI session (connect -> server closes); AGI "
+              f"consented callees, {describe(args.history)}; latency = whole AGI session (connect "
+              "-> server closes); AGI "
               + ("arguments: the callee and the four values, as the shipped subroutine passes"
                  if AGI_ARGS["passed"] else "argument: the callee alone (values read)"))
         for _, port in servers.values():  # warm up: connections, caches, pages
@@ -615,6 +625,9 @@ def main() -> None:
                              "to back, a whole CPU of store writes)")
     parser.add_argument("--nodes", type=int, default=1, help="PostgreSQL: callwarden servers")
     parser.add_argument("--nodes-concurrency", type=int, default=50)
+    parser.add_argument("--history", type=int, default=DEFAULT_CALLS,
+                        help="CDRs of history seeded before the calls (bench/history.py; 0: an "
+                             "empty, never analyzed store, as before 2026-12-06)")
     parser.add_argument("--read-values", action="store_true",
                         help="AGI arguments: the callee alone, not the shipped subroutine's "
                              "four values too (callwarden reads them: one round trip more)")

@@ -139,7 +139,7 @@ def prepare(url: str, args: argparse.Namespace) -> None:
     from callwarden.store.db import make_engine
     from callwarden.store.models import Call
 
-    prepare_store(url)
+    prepare_store(url, history=0)  # its own held and purgeable CDRs are the history here
     engine = make_engine(url)
     rng = random.Random(7)
     load_batches(engine, Call, old_calls(HOLDER, args.held, rng))

@@ -38,8 +38,11 @@ time splits (per-thread schedstat): the hub running code, the hub runnable but w
 thread, or a blocking call on the hub); ``own max``: the worst lateness less the time spent
 runnable without a CPU (what the process caused itself, whatever else the machine runs). ``--store-load``: while the full server is measured, another process
 runs the seat-rental detector (a pass that raises alerts: a list-dialling tenant is reseeded
-and resumed before each) and the retention purge (old CDRs reseeded before each) against the
-same store, back to back; their counts are printed. PostgreSQL: $CALLWARDEN_BENCH_PG (default
+and resumed before each, the previous round's list deleted) and the retention purge at the
+bench's clock (old CDRs reseeded before each) against the same store, back to back; their
+counts are printed. The store starts with 400 consented callees and, unless ``--history 0``,
+a month of CDRs before the bench's day, analyzed on PostgreSQL as autovacuum keeps a live store
+(bench/history.py). PostgreSQL: $CALLWARDEN_BENCH_PG (default
 postgresql+psycopg://postgres@127.0.0.1:5432/test), a schema of its own dropped afterwards.
 """
 
@@ -105,7 +108,7 @@ def store_load(url: str, at_iso: str, every: float = 0.0) -> None:
     import select
     import time
 
-    from sqlalchemy import insert
+    from sqlalchemy import delete, insert
 
     from callwarden import log as cwlog
     from callwarden.config import parse_settings
@@ -125,6 +128,7 @@ def store_load(url: str, at_iso: str, every: float = 0.0) -> None:
     rng = random.Random(7)
     passes = alerts = purged = 0
     first = 13700000001
+    previous: list[str] = []
     print("READY 0", flush=True)
     while not select.select([sys.stdin], [], [], 0)[0]:
         started = time.monotonic()
@@ -136,6 +140,13 @@ def store_load(url: str, at_iso: str, every: float = 0.0) -> None:
                    access="95512", pbx="freeswitch") for i in range(300)]
         # The reseeding is the bench's, not the product's: in short transactions, as the
         # decisions themselves write CDRs, so that it does not hold SQLite's write lock.
+        # The previous round's list goes first, so that each pass reads one round's: the purge
+        # runs at the bench's clock (below), where those rows are not past retention.
+        for i in range(0, len(previous), 50):
+            with session_for(url) as s:
+                s.execute(delete(Call).where(Call.call_id.in_(previous[i:i + 50])))
+            time.sleep(0.002)
+        previous = [r["call_id"] for r in rows]
         seeded = rows + old
         for i in range(0, len(seeded), 50):
             with session_for(url) as s:
@@ -146,8 +157,10 @@ def store_load(url: str, at_iso: str, every: float = 0.0) -> None:
         result = detector.run_pass(now=at)
         passes += 1
         alerts += len(result.raised)
+        # At the bench's clock, as bench_agi's: at the wall clock's, every row seeded before the
+        # bench's day (months ago) was past retention and went, the history (bench/history.py) too.
         report = Purger(settings, engine, make_sessionmaker(engine), LazyTarget(settings),
-                        actor="bench").run()
+                        actor="bench", now=at).run()
         purged += sum(c.get("purged", 0) for c in report.summary().values())
         select.select([sys.stdin], [], [], max(0.05, every - (time.monotonic() - started)))
     print(f"{passes} {alerts} {purged}", flush=True)
@@ -172,6 +185,7 @@ def _split(hub: dict) -> str:  # type: ignore[type-arg]
 def main() -> None:
     import argparse
     import collections
+    import datetime as dt
     import json
     import os
     import platform
@@ -191,7 +205,8 @@ def main() -> None:
 
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root))
-    from proc_cpu import cpu_seconds  # bench/, beside this script
+    from history import DEFAULT_CALLS, describe, seed_history  # bench/, beside this script
+    from proc_cpu import cpu_seconds
 
     from tests.conftest import EXAMPLE_REGISTRY, migrate, seed
     from tests.sim.freeswitch import CallProfile, FsCall
@@ -216,6 +231,9 @@ def main() -> None:
                              "back)")
     parser.add_argument("--store-load", action="store_true",
                         help="detector passes and purges against the store during full runs")
+    parser.add_argument("--history", type=int, default=DEFAULT_CALLS,
+                        help="CDRs of history seeded before the calls (bench/history.py; 0: an "
+                             "empty, never analyzed store, as before 2026-12-06)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (server logs, SQLite store) and print it")
     parser.add_argument("--detector-thread", action="store_true",
@@ -247,6 +265,9 @@ def main() -> None:
         template = registry["consents"][0]
         registry["consents"] += [{**template, "callee": c} for c in callees]
         seed(url, registry)
+        if args.history:
+            seed_history(url, "acme", "95512", dt.datetime.fromisoformat(at),
+                         calls=args.history, known=callees)
         return url, schema
 
     def drop_schema(schema: str | None) -> None:
@@ -601,7 +622,8 @@ def main() -> None:
           + (f"; bursts of {args.burst} x{args.rounds}" if bursts else "")
           + (f"; open loop {args.rate:.0f}/s for {args.duration:.0f} s" if args.rate else "")
           + ("; detector + purge running during full runs" if args.store_load else "")
-          + ("; detector passes in a thread of the adapter" if args.detector_thread else "") + "\n")
+          + ("; detector passes in a thread of the adapter" if args.detector_thread else "")
+          + ("; " + describe(args.history) if "full" in servers_wanted else "") + "\n")
     results: dict[str, dict[str, dict[str, float]]] = {}
     floors = [("greenswitch stock (answer only)", "stock"), ("callwarden floor (answer only)", "fixed")]
     for name, kind in floors:
