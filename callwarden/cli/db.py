@@ -7,6 +7,7 @@ import click
 from callwarden.audit.pseudonym import AuditKeyError, ensure_store_key
 from callwarden.cli.app import App, pass_app
 from callwarden.store.migrate import current_revision, head_revision, upgrade
+from callwarden.store.statistics import analyze
 
 
 @click.group("db")
@@ -18,10 +19,13 @@ def db_group() -> None:
 @pass_app
 def db_upgrade(app: App) -> None:
     """Create the schema, or migrate it to the newest revision (safe to re-run); create the
-    audit key file (audit.key_file) on a new installation."""
+    audit key file (audit.key_file) on a new installation. On PostgreSQL, also refresh the
+    planner's statistics (ANALYZE): run it after restoring a dump, which brings none."""
     engine = app.raw_engine
     upgrade(engine)
     click.echo(f"schema at revision {current_revision(engine)} ({engine.url.render_as_string()})")
+    if analyze(engine):
+        click.echo("planner statistics refreshed (ANALYZE)")
     try:
         key, created = ensure_store_key(app.settings, engine)
     except AuditKeyError as exc:

@@ -28,6 +28,7 @@ from callwarden.config.load import resolve_path
 from callwarden.ops import probes
 from callwarden.ops.service import probe_engine
 from callwarden.store.migrate import current_revision, head_revision
+from callwarden.store.statistics import calls_statistics
 
 Status = Literal["PASS", "FAIL", "SKIP"]
 
@@ -73,7 +74,8 @@ class Doctor:
             settings = load_settings(self.config_path)
         except ConfigError as exc:
             yield Result("config", "FAIL", f"{source}: " + "; ".join(exc.problems))
-            for name in ("store", "store schema", "audit key", "recording area", "clock"):
+            for name in ("store", "store schema", "audit key", "store statistics",
+                         "recording area", "clock"):
                 yield Result(name, "SKIP", "needs a valid config")
             return
         yield Result("config", "PASS", f"{source} is valid (mode {settings.mode}, "
@@ -91,6 +93,8 @@ class Doctor:
             yield schema
             yield self._audit_key(settings, engine) if schema.status == "PASS" else Result(
                 "audit key", "SKIP", "needs the store at the newest schema")
+            yield self._statistics(engine) if schema.status == "PASS" else Result(
+                "store statistics", "SKIP", "needs the store at the newest schema")
             yield from self._recording(settings)
             yield from self._pbx_links(settings)
             yield from self._ports(settings)
@@ -137,6 +141,24 @@ class Doctor:
             return Result("audit key", "FAIL", f"cannot check it: {type(exc).__name__}")
         return Result("audit key", "PASS", f"{key.path} matches the store "
                                            f"(fingerprint {key.fingerprint[:12]}...)")
+
+    def _statistics(self, engine: Engine) -> Result:
+        """PostgreSQL: the decisions' lookups are planned with statistics (store.statistics)."""
+        if engine.dialect.name != "postgresql":
+            return Result("store statistics", "SKIP", "PostgreSQL only (SQLite keeps none)")
+        try:
+            stats = calls_statistics(engine)
+        except Exception as exc:
+            return Result("store statistics", "FAIL", f"cannot read them: {type(exc).__name__}")
+        if stats is None:
+            return Result("store statistics", "FAIL", "no calls table in the store's schema")
+        problem = stats.problem()
+        if problem:
+            return Result("store statistics", "FAIL", problem)
+        when = (f"analyzed {stats.analyzed_at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
+                if stats.analyzed_at else "not analyzed yet (few rows)")
+        return Result("store statistics", "PASS", f"calls: {stats.rows:,} rows, {when}, "
+                                                  f"autovacuum {'on' if stats.autovacuum else 'off'}")
 
     # -- recordings ------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from callwarden.store.fit import fit, widths
 from callwarden.store.hot import HotStatements
 from callwarden.store.models import Call, Recording, Refusal, utcnow
 from callwarden.store.snapshot import VERSION, SnapshotCache
+from callwarden.store.statistics import calls_statistics
 
 if TYPE_CHECKING:
     from callwarden.metrics import EnforcerObserver
@@ -243,8 +244,16 @@ class Enforcer:
         :meth:`check`, nothing stored) before the first call: otherwise that call pays for
         connecting and for the first compile, which on a busy host or a remote PostgreSQL can
         exceed ``decision_timeout_ms`` and deny it POLICY_UNAVAILABLE. Raises what the store
-        raises."""
+        raises. Warns (``store_statistics_missing``) when PostgreSQL has no usable statistics of
+        the calls table (store.statistics: decisions then slow down as calls accumulate)."""
         self.check(CallAttempt(tenant=None, caller=None, callee=None, at=at, pbx=pbx))
+        try:
+            stats = calls_statistics(self.engine)
+        except SQLAlchemyError as exc:  # only a warning's worth: the decisions work anyway
+            log.warning("store_statistics_unreadable", error=type(exc).__name__)
+            return
+        if stats is not None and (problem := stats.problem()):
+            log.warning("store_statistics_missing", detail=problem)
 
     def decide(self, attempt: CallAttempt, route: str = "outbound") -> Outcome:
         """Decide and make the decision durable before answering; deny if the store fails."""

@@ -16,6 +16,7 @@ import boto3
 import pytest
 import yaml
 from click.testing import CliRunner
+from sqlalchemy import text
 
 from callwarden.cli.main import cli
 from callwarden.ops import doctor
@@ -23,6 +24,7 @@ from callwarden.store.db import make_engine
 from callwarden.store.migrate import upgrade
 from tests.ops.helpers import AMI_SECRET, AMI_USER, free_port
 from tests.sim.freeswitch import FsEventSocketServer
+from tests.store.test_statistics import unanalyzed_calls
 
 ESL_PASSWORD = "ClueCon-test"
 
@@ -79,10 +81,16 @@ def with_(config: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 def test_a_healthy_installation_passes_every_check(tmp_path, healthy, esl) -> None:
     code, checks = run_doctor(tmp_path, healthy)
     assert code == 0, checks
-    assert list(checks) == ["config", "store", "store schema", "audit key", "recording area", "asterisk AMI",
-                            "freeswitch ESL", "FastAGI port", "ESL outbound port", "metrics port",
-                            "clock"]
+    assert list(checks) == ["config", "store", "store schema", "audit key", "store statistics",
+                            "recording area", "asterisk AMI", "freeswitch ESL", "FastAGI port",
+                            "ESL outbound port", "metrics port", "clock"]
+    statistics = checks.pop("store statistics")
     assert all(r["status"] == "PASS" for r in checks.values()), checks
+    if healthy["store"]["url"].startswith("sqlite"):
+        assert statistics["status"] == "SKIP" and "PostgreSQL only" in statistics["detail"]
+    else:  # a new store: nothing to analyze yet
+        assert statistics["status"] == "PASS", statistics
+        assert statistics["detail"].startswith("calls: 0 rows, not analyzed yet (few rows)")
     assert "login as 'callwarden' accepted by Asterisk 22.10.1" in checks["asterisk AMI"]["detail"]
     assert "auth accepted" in checks["freeswitch ESL"]["detail"]
     assert any(c.text.startswith(f"auth {ESL_PASSWORD}") for c in esl.commands)
@@ -97,7 +105,9 @@ def test_the_human_output_is_a_pass_fail_list(tmp_path, healthy) -> None:
     assert result.exit_code == 1
     assert lines[0] == "callwarden doctor"
     assert any(line.lstrip().startswith("FAIL  asterisk AMI") for line in lines)
-    assert lines[-1] == "10 passed, 1 failed, 0 skipped"
+    on_sqlite = healthy["store"]["url"].startswith("sqlite")  # store statistics: PostgreSQL only
+    assert lines[-1] == ("10 passed, 1 failed, 1 skipped" if on_sqlite
+                         else "11 passed, 1 failed, 0 skipped")
 
 
 def test_invalid_config_fails_and_skips_what_needs_it(tmp_path, healthy) -> None:
@@ -105,8 +115,8 @@ def test_invalid_config_fails_and_skips_what_needs_it(tmp_path, healthy) -> None
     assert code == 1
     assert checks["config"]["status"] == "FAIL"
     assert "retention.recordings_days" in checks["config"]["detail"]
-    assert {checks[n]["status"] for n in ("store", "store schema", "audit key", "recording area",
-                                          "clock")} == {"SKIP"}
+    assert {checks[n]["status"] for n in ("store", "store schema", "audit key", "store statistics",
+                                          "recording area", "clock")} == {"SKIP"}
     code, checks = run_doctor(tmp_path, with_(healthy, "timezone", "Mars/Olympus_Mons"))
     assert code == 1 and "timezone" in checks["config"]["detail"]
     code, checks = run_doctor(tmp_path, "store: [unclosed\n")
@@ -219,6 +229,49 @@ def test_clock_off_the_database_fails(tmp_path, healthy, monkeypatch) -> None:
     monkeypatch.setattr(doctor, "wall_clock", lambda: dt.datetime(1970, 1, 2, tzinfo=dt.UTC))
     code, checks = run_doctor(tmp_path, healthy)
     assert only_failure(checks)["check"] == "clock" and "not set" in checks["clock"]["detail"]
+
+
+def test_a_calls_table_without_statistics_fails_until_db_upgrade_analyzes_it(tmp_path, healthy) -> None:
+    """A restored dump brings no statistics; then the planner reads the decisions' call history
+    through the wrong index (callwarden.store.statistics). Doctor says so and how to fix it;
+    `db upgrade` analyzes; with autovacuum off for the table, stale statistics fail again."""
+    url = healthy["store"]["url"]
+    if not url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only: SQLite keeps no planner statistics")
+    unanalyzed_calls(url)  # autovacuum off for the table: nothing analyzes it behind our back
+
+    code, checks = run_doctor(tmp_path, healthy)
+    failure = only_failure(checks)
+    assert code == 1 and failure["check"] == "store statistics"
+    assert "has never been analyzed" in failure["detail"]
+    assert "callwarden db upgrade" in failure["detail"] and "ANALYZE calls" in failure["detail"]
+
+    path = tmp_path / "upgrade.yaml"
+    path.write_text(yaml.safe_dump(healthy), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--config", str(path), "db", "upgrade"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "planner statistics refreshed (ANALYZE)" in result.output
+    code, checks = run_doctor(tmp_path, healthy)
+    assert code == 0, checks
+    detail = checks["store statistics"]["detail"]
+    assert checks["store statistics"]["status"] == "PASS"
+    assert "analyzed 20" in detail and "autovacuum off" in detail, detail
+
+    unanalyzed_calls(url)  # as many again since the ANALYZE
+    code, checks = run_doctor(tmp_path, healthy)
+    failure = only_failure(checks)
+    assert code == 1 and failure["check"] == "store statistics"
+    assert "autovacuum is off for calls" in failure["detail"]
+
+
+def test_db_upgrade_on_sqlite_analyzes_nothing(tmp_path, sqlite_url) -> None:
+    path = tmp_path / "upgrade.yaml"
+    path.write_text(yaml.safe_dump({"store": {"url": sqlite_url}}), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--config", str(path), "db", "upgrade"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "ANALYZE" not in result.output
+    with make_engine(sqlite_url).connect() as conn:  # no sqlite_stat1: SQLite plans by index shape
+        assert conn.execute(text("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'")).scalar() == 0
 
 
 def test_sections_not_configured_are_skipped(tmp_path, healthy) -> None:
