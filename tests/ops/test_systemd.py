@@ -110,6 +110,13 @@ def test_the_main_service_restarts_on_failure_and_stops_gracefully() -> None:
         assert one(parse_unit(UNITS / name), "Service", "Type") == "oneshot"
 
 
+def test_batch_jobs_yield_the_cpus_to_the_enforcing_service() -> None:
+    """Purge and detector passes run beside `serve`, whose decisions have a deadline."""
+    assert "Nice" not in parse_unit(UNITS / "callwarden.service")["Service"]
+    for name in ("callwarden-purge.service", "callwarden-police.service"):
+        assert int(one(parse_unit(UNITS / name), "Service", "Nice")) >= 10, name
+
+
 @pytest.mark.parametrize("path", TIMERS, ids=lambda p: p.name)
 def test_timers_start_their_service(path: Path) -> None:
     unit = parse_unit(path)
