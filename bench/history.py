@@ -30,9 +30,9 @@ def seed_history(url: str, tenant: str, access: str, before: dt.datetime, *,
                  seed: int = 5) -> None:
     """Insert ``calls`` CDRs of ``tenant`` (outbound from ``access``, a fifth inbound), spread
     over the 4-30 days before ``before``; one in ten is with one of ``known`` (the bench's own
-    callees), the rest with random mobiles. Then ANALYZE on PostgreSQL."""
-    from sqlalchemy import create_engine, text
-
+    callees), the rest with random mobiles. Then ANALYZE on PostgreSQL (store.statistics)."""
+    from callwarden.store.db import make_engine
+    from callwarden.store.statistics import analyze
     from tests.policing.helpers import cdr, insert_calls, random_mobile
 
     rng = random.Random(seed)
@@ -45,13 +45,11 @@ def seed_history(url: str, tenant: str, access: str, before: dt.datetime, *,
         rows.append(cdr(tenant, party, at, access=access, pbx=pbx,
                         direction="inbound" if inbound else "outbound"))
     insert_calls(url, rows)
-    if url.startswith("postgresql"):
-        engine = create_engine(url)
-        try:
-            with engine.connect() as conn:
-                conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
-        finally:
-            engine.dispose()
+    engine = make_engine(url)
+    try:
+        analyze(engine)  # the store's own tables, as `callwarden db upgrade` does; SQLite: nothing
+    finally:
+        engine.dispose()
 
 
 def describe(calls: int) -> str:

@@ -593,10 +593,10 @@ class Enforcer:
         two round trips on PostgreSQL (the begin queued with the update; the entry with the
         commit and the pipeline's sync), not through the ORM (~5 ms of CPU a call on
         PostgreSQL, more than the decision). The update also returns what the recording's
-        first storing attempt needs, so that attempt reads nothing itself. The call's row is locked before
-        the head, as every writer does (the head last, by the server on PostgreSQL: held for
-        no round trip; the other order could deadlock with the decision writer's
-        corrections)."""
+        first storing attempt needs, so that attempt reads nothing itself. The call's row is
+        locked before the head, as every writer does (the head last, by the server on
+        PostgreSQL: held for no round trip; the other order could deadlock with the decision
+        writer's corrections)."""
         ends = fit(_CALL_WIDTHS, {"disposition": end.disposition, "hangup_cause": end.hangup_cause})
         with self.engine.connect() as conn:
             # the BEGIN goes with the update (psycopg's own waits for the server); the pool
